@@ -1,0 +1,37 @@
+//! brique's device models.
+//!
+//! Everything here is plain device logic: no KVM, no threads of its own. The
+//! VMM wires devices to vCPU exits through a [`bus::Bus`] and to interrupts
+//! through [`EventFdTrigger`]s (irqfds on KVM), which keeps every device
+//! testable in an ordinary unit test.
+
+pub mod bus;
+pub mod i8042;
+pub mod serial;
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// An [`EventFd`] used as a `vm_superio::Trigger`: writing it raises an
+/// interrupt (when registered as a KVM irqfd) or wakes an event loop.
+#[derive(Debug)]
+pub struct EventFdTrigger(EventFd);
+
+impl EventFdTrigger {
+    /// Wraps `evt`.
+    pub fn new(evt: EventFd) -> Self {
+        Self(evt)
+    }
+
+    /// The wrapped eventfd.
+    pub fn event_fd(&self) -> &EventFd {
+        &self.0
+    }
+}
+
+impl vm_superio::Trigger for EventFdTrigger {
+    type E = std::io::Error;
+
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}

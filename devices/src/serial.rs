@@ -1,0 +1,342 @@
+//! The 16550 UART console (COM1, port 0x3f8, IRQ 4), built on
+//! `vm_superio::Serial`. Guest output goes to a host writer (brique's stdout)
+//! through a [`ConsoleOutput`] that also watches for the guest kernel's panic
+//! banner; host input is queued into the UART's receive FIFO.
+
+use crate::bus::BusDevice;
+use crate::EventFdTrigger;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+use vm_superio::serial::SerialEvents;
+use vm_superio::Serial;
+
+/// COM1's first I/O port.
+pub const COM1_PORT_BASE: u64 = 0x3f8;
+/// A 16550 decodes eight ports.
+pub const COM1_PORT_LEN: u64 = 8;
+/// COM1's legacy ISA interrupt line.
+pub const COM1_IRQ: u32 = 4;
+
+/// Errors from the serial console.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    /// Raising the UART interrupt failed.
+    #[error("cannot raise the serial interrupt: {0}")]
+    Interrupt(io::Error),
+}
+
+const PANIC_START: &[u8] = b"Kernel panic - not syncing";
+const PANIC_END: &[u8] = b"---[ end Kernel panic";
+/// Longest console line the panic watcher keeps; the rest is not scanned.
+const MAX_WATCHED_LINE: usize = 512;
+
+/// What the panic watcher saw: `None` until the guest kernel panicked.
+#[derive(Debug, Default, Clone)]
+pub struct GuestPanicReport(Arc<Mutex<Option<String>>>);
+
+impl GuestPanicReport {
+    /// The panic line, once the guest kernel finished printing its panic.
+    pub fn message(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn record(&self, message: String) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(message);
+    }
+}
+
+/// Scans console output, line by line, for Linux's panic banner. When the
+/// kernel finishes its panic report (the `---[ end Kernel panic` line) the
+/// watcher records the panic line and signals `panic_evt`, so the VMM can stop
+/// with an error instead of waiting for a guest that will never recover.
+#[derive(Debug)]
+pub struct PanicWatcher {
+    line: Vec<u8>,
+    panic_line: Option<String>,
+    report: GuestPanicReport,
+    panic_evt: EventFdTrigger,
+}
+
+impl PanicWatcher {
+    /// A watcher that fills `report` and signals `panic_evt`.
+    pub fn new(report: GuestPanicReport, panic_evt: EventFdTrigger) -> Self {
+        Self {
+            line: Vec::with_capacity(128),
+            panic_line: None,
+            report,
+            panic_evt,
+        }
+    }
+
+    /// Feeds console bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if byte == b'\n' {
+                self.end_of_line();
+            } else if self.line.len() < MAX_WATCHED_LINE {
+                self.line.push(byte);
+            }
+        }
+    }
+
+    fn end_of_line(&mut self) {
+        let line = std::mem::take(&mut self.line);
+        if let Some(start) = find(&line, PANIC_START) {
+            if self.panic_line.is_none() {
+                let text = String::from_utf8_lossy(&line[start..]);
+                self.panic_line = Some(text.trim_end().to_owned());
+            }
+        }
+        if find(&line, PANIC_END).is_some() {
+            let message = self
+                .panic_line
+                .clone()
+                .unwrap_or_else(|| "Kernel panic".to_owned());
+            self.report.record(message);
+            if let Err(err) = vm_superio::Trigger::trigger(&self.panic_evt) {
+                log::error!("serial: cannot signal the guest panic: {err}");
+            }
+        }
+        self.line = line;
+        self.line.clear();
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// Where the UART's output goes: a host writer, plus an optional watcher.
+pub struct ConsoleOutput {
+    out: Box<dyn Write + Send>,
+    watcher: Option<PanicWatcher>,
+}
+
+impl std::fmt::Debug for ConsoleOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleOutput")
+            .field("watcher", &self.watcher)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsoleOutput {
+    /// Output to `out`, scanned by `watcher` when given.
+    pub fn new(out: Box<dyn Write + Send>, watcher: Option<PanicWatcher>) -> Self {
+        Self { out, watcher }
+    }
+}
+
+impl Write for ConsoleOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(watcher) = &mut self.watcher {
+            watcher.feed(buf);
+        }
+        // A console whose reader went away must not stop the guest.
+        match self.out.write_all(buf) {
+            Ok(()) | Err(_) => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = self.out.flush();
+        Ok(())
+    }
+}
+
+/// Signals when the guest has read every queued input byte, so that a host
+/// input source paused on a full FIFO can resume.
+#[derive(Debug)]
+pub struct InputDrained(Option<EventFdTrigger>);
+
+impl SerialEvents for InputDrained {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        if let Some(evt) = &self.0 {
+            if let Err(err) = vm_superio::Trigger::trigger(evt) {
+                log::warn!("serial: cannot signal drained input: {err}");
+            }
+        }
+    }
+}
+
+/// The COM1 UART on the port I/O bus.
+#[derive(Debug)]
+pub struct SerialConsole {
+    uart: Serial<EventFdTrigger, InputDrained, ConsoleOutput>,
+}
+
+impl SerialConsole {
+    /// A UART raising `interrupt`, writing to `output`, and signalling
+    /// `input_drained` (when given) once the guest emptied its receive FIFO.
+    pub fn new(
+        interrupt: EventFdTrigger,
+        output: ConsoleOutput,
+        input_drained: Option<EventFdTrigger>,
+    ) -> Self {
+        Self {
+            uart: Serial::with_events(interrupt, InputDrained(input_drained), output),
+        }
+    }
+
+    /// Queues host input for the guest; returns how many bytes fit in the
+    /// receive FIFO (the rest must be offered again later).
+    pub fn queue_input(&mut self, input: &[u8]) -> Result<usize, SerialError> {
+        match self.uart.enqueue_raw_bytes(input) {
+            Ok(queued) => Ok(queued),
+            Err(vm_superio::serial::Error::FullFifo) => Ok(0),
+            Err(vm_superio::serial::Error::Trigger(err)) => Err(SerialError::Interrupt(err)),
+            Err(vm_superio::serial::Error::IOError(err)) => Err(SerialError::Interrupt(err)),
+        }
+    }
+
+    /// Room left in the receive FIFO.
+    pub fn input_capacity(&self) -> usize {
+        self.uart.fifo_capacity()
+    }
+}
+
+impl BusDevice for SerialConsole {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let value = match (u8::try_from(offset), data.len()) {
+            (Ok(offset), 1) => self.uart.read(offset),
+            _ => 0xff,
+        };
+        data.fill(value);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let (Ok(offset), [value]) = (u8::try_from(offset), data) else {
+            return;
+        };
+        if let Err(err) = self.uart.write(offset, *value) {
+            log::warn!("serial: write to register {offset} failed: {err:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    #[derive(Clone, Default)]
+    struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+    impl Write for SharedBuffer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn evt() -> EventFd {
+        EventFd::new(EFD_NONBLOCK).unwrap()
+    }
+
+    #[test]
+    fn guest_output_reaches_the_host_writer() {
+        let out = SharedBuffer::default();
+        let irq = evt();
+        let mut console = SerialConsole::new(
+            EventFdTrigger::new(irq.try_clone().unwrap()),
+            ConsoleOutput::new(Box::new(out.clone()), None),
+            None,
+        );
+        for byte in b"hi\n" {
+            console.write(0, &[*byte]);
+        }
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
+    }
+
+    #[test]
+    fn host_input_is_readable_by_the_guest_and_raises_an_interrupt() {
+        let irq = evt();
+        let drained = evt();
+        let mut console = SerialConsole::new(
+            EventFdTrigger::new(irq.try_clone().unwrap()),
+            ConsoleOutput::new(Box::new(io::sink()), None),
+            Some(EventFdTrigger::new(drained.try_clone().unwrap())),
+        );
+        // Enable the "received data available" interrupt (IER bit 0).
+        console.write(1, &[0x01]);
+        assert_eq!(console.queue_input(b"ok").unwrap(), 2);
+        assert!(irq.read().unwrap() >= 1);
+        let mut lsr = [0u8];
+        console.read(5, &mut lsr);
+        assert_eq!(lsr[0] & 1, 1, "data ready");
+        let mut byte = [0u8];
+        console.read(0, &mut byte);
+        assert_eq!(byte[0], b'o');
+        assert!(drained.read().is_err(), "one byte still queued");
+        console.read(0, &mut byte);
+        assert_eq!(byte[0], b'k');
+        assert_eq!(drained.read().unwrap(), 1, "drained signalled");
+        console.read(5, &mut lsr);
+        assert_eq!(lsr[0] & 1, 0, "fifo drained");
+    }
+
+    #[test]
+    fn full_fifo_takes_nothing_more() {
+        let mut console = SerialConsole::new(
+            EventFdTrigger::new(evt()),
+            ConsoleOutput::new(Box::new(io::sink()), None),
+            None,
+        );
+        let capacity = console.input_capacity();
+        assert!(capacity > 0);
+        let big = vec![b'x'; capacity + 10];
+        assert_eq!(console.queue_input(&big).unwrap(), capacity);
+        assert_eq!(console.queue_input(b"y").unwrap(), 0);
+    }
+
+    #[test]
+    fn panic_banner_is_reported_once_the_report_ends() {
+        let panic_evt = evt();
+        let report = GuestPanicReport::default();
+        let mut watcher = PanicWatcher::new(
+            report.clone(),
+            EventFdTrigger::new(panic_evt.try_clone().unwrap()),
+        );
+        watcher.feed(b"[    1.0] Run /init as init process\n");
+        watcher.feed(b"[    1.2] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\r\n");
+        watcher.feed(b"[    1.2] CPU: 0 PID: 1 Comm: init\n");
+        assert!(report.message().is_none(), "not before the report ends");
+        assert!(panic_evt.read().is_err());
+        watcher
+            .feed(b"[    1.3] ---[ end Kernel panic - not syncing: Attempted to kill init! ]---\n");
+        assert_eq!(
+            report.message().as_deref(),
+            Some("Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100")
+        );
+        assert_eq!(panic_evt.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn ordinary_output_and_overlong_lines_are_not_a_panic() {
+        let panic_evt = evt();
+        let report = GuestPanicReport::default();
+        let mut watcher = PanicWatcher::new(
+            report.clone(),
+            EventFdTrigger::new(panic_evt.try_clone().unwrap()),
+        );
+        let mut long_line = vec![b'a'; 4 * MAX_WATCHED_LINE];
+        long_line.extend_from_slice(b"---[ end Kernel panic\n");
+        watcher.feed(&long_line);
+        watcher.feed(b"Kernel panic is a phrase, not a panic\n");
+        assert!(report.message().is_none());
+        assert!(panic_evt.read().is_err());
+    }
+}

@@ -1,0 +1,85 @@
+//! aarch64: memory layout and the arch boundary. Booting (GICv3, FDT, PSCI,
+//! Image loading) is the aarch64 issue; until it lands, building a VM on
+//! aarch64 fails with [`ArchError::BootNotSupported`] before touching KVM.
+
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use std::fs::File;
+use vm_memory::GuestMemoryMmap;
+
+/// Guest RAM starts at 2 GiB; devices live below it.
+pub const DRAM_START: u64 = 0x8000_0000;
+/// Where virtio-mmio device windows are placed.
+pub const MMIO_DEVICES_START: u64 = 0x4000_0000;
+/// Largest guest memory: up to a 1 TiB guest physical space.
+pub const MAX_GUEST_MEM_MIB: usize = (1 << 20) - (DRAM_START >> 20) as usize;
+/// Kernel command line when the configuration gives none.
+pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1";
+/// Room for the kernel command line (the arm64 COMMAND_LINE_SIZE).
+pub const CMDLINE_CAPACITY: usize = 2048;
+
+/// Guest RAM ranges for `mem_bytes` of memory.
+pub fn ram_ranges(mem_bytes: u64) -> Vec<(u64, u64)> {
+    vec![(DRAM_START, mem_bytes)]
+}
+
+/// Errors from aarch64 VM and vCPU setup.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchError {
+    /// Booting aarch64 guests is not implemented yet.
+    #[error("booting aarch64 guests is not supported yet (GICv3/FDT boot is a pending issue)")]
+    BootNotSupported,
+}
+
+/// VM-wide setup.
+pub fn setup_vm(_vm: &VmFd) -> Result<(), ArchError> {
+    Err(ArchError::BootNotSupported)
+}
+
+/// Where vCPU 0 starts.
+#[derive(Debug, Clone, Copy)]
+pub struct BootEntry {
+    /// Guest address of the kernel Image's entry.
+    pub entry: u64,
+}
+
+/// Loads the guest into memory.
+pub fn load_guest(
+    _mem: &GuestMemoryMmap,
+    _kernel: &mut File,
+    _initrd: Option<&mut File>,
+    _cmdline: &linux_loader::cmdline::Cmdline,
+    _vcpu_count: u8,
+) -> Result<BootEntry, ArchError> {
+    Err(ArchError::BootNotSupported)
+}
+
+/// Host facts every vCPU's setup uses.
+#[derive(Debug)]
+pub struct VcpuTemplate;
+
+impl VcpuTemplate {
+    /// Reads what vCPU setup needs from KVM.
+    pub fn new(_kvm: &Kvm, _vcpu_count: u8, _smt: bool) -> Result<Self, ArchError> {
+        Err(ArchError::BootNotSupported)
+    }
+}
+
+/// Sets up one vCPU.
+pub fn configure_vcpu(
+    _vcpu: &VcpuFd,
+    _id: u8,
+    _template: &VcpuTemplate,
+    _boot: BootEntry,
+) -> Result<(), ArchError> {
+    Err(ArchError::BootNotSupported)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ram_starts_at_dram_base() {
+        assert_eq!(ram_ranges(128 << 20), vec![(DRAM_START, 128 << 20)]);
+    }
+}

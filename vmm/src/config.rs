@@ -1,0 +1,515 @@
+//! The VM configuration model, shared by `--config-file` and (later) the API.
+//!
+//! Field names and shapes follow Firecracker's config file and REST bodies,
+//! so that existing orchestrators work unchanged. Unknown fields are errors:
+//! a typo must never be silently ignored.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Most vCPUs a brique VM can have.
+pub const MAX_VCPUS: u8 = 32;
+/// Smallest guest memory brique accepts, in MiB.
+pub const MIN_MEM_MIB: usize = 16;
+
+/// Errors in a VM configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The JSON is malformed or has unknown or mistyped fields.
+    #[error("invalid config JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// `boot-source` is missing.
+    #[error("the configuration has no boot-source")]
+    NoBootSource,
+    /// The kernel image cannot be opened.
+    #[error("kernel image {path}: {source}")]
+    Kernel {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The initrd cannot be opened.
+    #[error("initrd {path}: {source}")]
+    Initrd {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// vcpu_count is out of range.
+    #[error("vcpu_count must be between 1 and {MAX_VCPUS}, got {0}")]
+    VcpuCount(u8),
+    /// SMT needs an even number of vCPUs.
+    #[error("with smt enabled vcpu_count must be 1 or even, got {0}")]
+    SmtVcpuCount(u8),
+    /// mem_size_mib is too small.
+    #[error("mem_size_mib must be at least {MIN_MEM_MIB}, got {0}")]
+    MemTooSmall(usize),
+    /// mem_size_mib exceeds what the host or the architecture can give.
+    #[error("mem_size_mib {requested} is too large: at most {limit} MiB ({why})")]
+    MemTooLarge {
+        requested: usize,
+        limit: usize,
+        why: &'static str,
+    },
+    /// Two drives or interfaces share an id.
+    #[error("duplicate {kind} id {id:?}")]
+    DuplicateId { kind: &'static str, id: String },
+    /// More than one drive is the root device.
+    #[error("more than one drive has is_root_device set")]
+    SeveralRootDevices,
+    /// An id is empty or has characters outside [A-Za-z0-9_-].
+    #[error("invalid {kind} id {id:?}: use 1-64 characters from A-Z a-z 0-9 _ -")]
+    InvalidId { kind: &'static str, id: String },
+    /// A MAC address is malformed.
+    #[error("invalid guest_mac {0:?}: expected six hex octets like 06:00:ac:10:00:02")]
+    InvalidMac(String),
+}
+
+/// `boot-source`: the guest kernel, initrd and command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSourceConfig {
+    /// Host path of the kernel (x86_64: ELF vmlinux or bzImage).
+    pub kernel_image_path: PathBuf,
+    /// Host path of an initrd/initramfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<PathBuf>,
+    /// Kernel command line; brique's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+}
+
+/// `machine-config`: vCPUs and memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Number of vCPUs, 1 to 32.
+    pub vcpu_count: u8,
+    /// Guest memory in MiB.
+    pub mem_size_mib: usize,
+    /// Simultaneous multithreading: two threads per core in the guest's topology.
+    #[serde(default)]
+    pub smt: bool,
+    /// Track dirty pages (for diff snapshots).
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            smt: false,
+            track_dirty_pages: false,
+        }
+    }
+}
+
+/// Block device caching, as Firecracker names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheType {
+    /// Flush requests are acknowledged without reaching the disk.
+    #[default]
+    Unsafe,
+    /// Flush requests reach the disk (`fdatasync`).
+    Writeback,
+}
+
+/// One entry of `drives`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    /// Unique id; also the virtio-blk serial the guest reads.
+    pub drive_id: String,
+    /// Host file backing the drive.
+    pub path_on_host: PathBuf,
+    /// Make this the guest's root device (`root=/dev/vda`).
+    pub is_root_device: bool,
+    /// Expose the drive read-only.
+    #[serde(default)]
+    pub is_read_only: bool,
+    /// Root partition by PARTUUID instead of the whole device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    /// Flush semantics.
+    #[serde(default)]
+    pub cache_type: CacheType,
+}
+
+/// One entry of `network-interfaces`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceConfig {
+    /// Unique id.
+    pub iface_id: String,
+    /// Host tap device name.
+    pub host_dev_name: String,
+    /// Guest MAC address, `xx:xx:xx:xx:xx:xx`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+}
+
+/// A whole VM configuration, as in a Firecracker config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// The kernel to boot.
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub boot_source: Option<BootSourceConfig>,
+    /// vCPUs and memory.
+    #[serde(rename = "machine-config", default)]
+    pub machine_config: MachineConfig,
+    /// Block devices.
+    #[serde(default)]
+    pub drives: Vec<DriveConfig>,
+    /// Network interfaces.
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
+}
+
+impl VmConfig {
+    /// Parses a config file's JSON (no validation against the host).
+    pub fn from_json(json: &str) -> Result<Self, ConfigError> {
+        Ok(serde_json::from_str(json)?)
+    }
+
+    /// Reads and parses a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let json = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_json(&json)
+    }
+
+    /// Checks everything that can be checked before building the VM:
+    /// ranges, ids, and that the files it names can be opened.
+    pub fn validate(&self, limits: &HostLimits) -> Result<(), ConfigError> {
+        self.machine_config.validate(limits)?;
+        let boot = self.boot_source.as_ref().ok_or(ConfigError::NoBootSource)?;
+        std::fs::File::open(&boot.kernel_image_path).map_err(|source| ConfigError::Kernel {
+            path: boot.kernel_image_path.clone(),
+            source,
+        })?;
+        if let Some(initrd) = &boot.initrd_path {
+            std::fs::File::open(initrd).map_err(|source| ConfigError::Initrd {
+                path: initrd.clone(),
+                source,
+            })?;
+        }
+        check_ids("drive", self.drives.iter().map(|d| d.drive_id.as_str()))?;
+        if self.drives.iter().filter(|d| d.is_root_device).count() > 1 {
+            return Err(ConfigError::SeveralRootDevices);
+        }
+        check_ids(
+            "network interface",
+            self.network_interfaces.iter().map(|n| n.iface_id.as_str()),
+        )?;
+        for iface in &self.network_interfaces {
+            if let Some(mac) = &iface.guest_mac {
+                parse_mac(mac)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MachineConfig {
+    /// Checks vCPU count, SMT and memory size against `limits`.
+    pub fn validate(&self, limits: &HostLimits) -> Result<(), ConfigError> {
+        if self.vcpu_count == 0 || self.vcpu_count > MAX_VCPUS {
+            return Err(ConfigError::VcpuCount(self.vcpu_count));
+        }
+        if self.smt && self.vcpu_count > 1 && self.vcpu_count % 2 != 0 {
+            return Err(ConfigError::SmtVcpuCount(self.vcpu_count));
+        }
+        if self.mem_size_mib < MIN_MEM_MIB {
+            return Err(ConfigError::MemTooSmall(self.mem_size_mib));
+        }
+        for (limit, why) in [
+            (limits.host_mem_mib, "the host's physical memory"),
+            (limits.arch_max_mem_mib, "the guest physical address space"),
+        ] {
+            if self.mem_size_mib > limit {
+                return Err(ConfigError::MemTooLarge {
+                    requested: self.mem_size_mib,
+                    limit,
+                    why,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the host allows a VM to have.
+#[derive(Debug, Clone, Copy)]
+pub struct HostLimits {
+    /// Physical memory of the host, in MiB.
+    pub host_mem_mib: usize,
+    /// Largest guest memory the architecture's layout can place, in MiB.
+    pub arch_max_mem_mib: usize,
+}
+
+impl HostLimits {
+    /// The limits of this host.
+    pub fn of_this_host() -> Self {
+        Self {
+            host_mem_mib: host_memory_mib(),
+            arch_max_mem_mib: crate::arch::MAX_GUEST_MEM_MIB,
+        }
+    }
+}
+
+fn host_memory_mib() -> usize {
+    // SAFETY: sysconf only reads system configuration values.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    // SAFETY: as above.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    match (usize::try_from(pages), usize::try_from(page_size)) {
+        (Ok(pages), Ok(page_size)) => pages.saturating_mul(page_size) >> 20,
+        _ => usize::MAX,
+    }
+}
+
+fn check_ids<'a>(
+    kind: &'static str,
+    ids: impl Iterator<Item = &'a str>,
+) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for id in ids {
+        let valid = (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(ConfigError::InvalidId {
+                kind,
+                id: id.to_owned(),
+            });
+        }
+        if !seen.insert(id) {
+            return Err(ConfigError::DuplicateId {
+                kind,
+                id: id.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Parses `xx:xx:xx:xx:xx:xx`.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], ConfigError> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for octet in &mut mac {
+        let part = parts
+            .next()
+            .filter(|p| p.len() == 2)
+            .ok_or_else(|| ConfigError::InvalidMac(text.to_owned()))?;
+        *octet =
+            u8::from_str_radix(part, 16).map_err(|_| ConfigError::InvalidMac(text.to_owned()))?;
+    }
+    if parts.next().is_some() {
+        return Err(ConfigError::InvalidMac(text.to_owned()));
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HostLimits = HostLimits {
+        host_mem_mib: 4096,
+        arch_max_mem_mib: 1 << 20,
+    };
+
+    fn kernel_file() -> tempfile_path::TempPath {
+        tempfile_path::TempPath::with_content(b"\x7fELF")
+    }
+
+    /// A file that is removed when dropped (no extra crate for one test helper).
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+        impl TempPath {
+            pub fn with_content(content: &[u8]) -> Self {
+                use std::sync::atomic::{AtomicUsize, Ordering};
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "brique-config-test-{}-{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::write(&path, content).unwrap();
+                Self(path)
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    fn config_json(kernel: &Path, machine: &str) -> String {
+        format!(
+            r#"{{
+                "boot-source": {{"kernel_image_path": {kernel:?}, "boot_args": "console=ttyS0"}},
+                "machine-config": {machine},
+                "drives": [{{"drive_id": "rootfs", "path_on_host": "/tmp/r.ext4",
+                             "is_root_device": true, "is_read_only": false}}],
+                "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0",
+                                         "guest_mac": "06:00:ac:10:00:02"}}]
+            }}"#
+        )
+    }
+
+    #[test]
+    fn parses_firecracker_config_file_shape() {
+        let kernel = kernel_file();
+        let json = config_json(
+            &kernel.0,
+            r#"{"vcpu_count": 2, "mem_size_mib": 256, "smt": false}"#,
+        );
+        let config = VmConfig::from_json(&json).unwrap();
+        assert_eq!(config.machine_config.vcpu_count, 2);
+        assert_eq!(config.machine_config.mem_size_mib, 256);
+        assert_eq!(config.drives[0].drive_id, "rootfs");
+        assert_eq!(config.drives[0].cache_type, CacheType::Unsafe);
+        assert_eq!(config.network_interfaces[0].host_dev_name, "tap0");
+        assert_eq!(
+            config.boot_source.as_ref().unwrap().boot_args.as_deref(),
+            Some("console=ttyS0")
+        );
+        config.validate(&LIMITS).unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_at_every_level() {
+        for json in [
+            r#"{"boot-source": {"kernel_image_path": "/k", "bootargs": "x"}}"#,
+            r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "cpus": 2}}"#,
+            r#"{"machine_config": {"vcpu_count": 1, "mem_size_mib": 128}}"#,
+            r#"{"drives": [{"drive_id": "a", "path_on_host": "/a", "is_root_device": false, "ro": true}]}"#,
+        ] {
+            let err = VmConfig::from_json(json).unwrap_err().to_string();
+            assert!(err.contains("unknown field"), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_json_and_wrong_types_are_errors() {
+        assert!(VmConfig::from_json("{").is_err());
+        assert!(VmConfig::from_json(
+            r#"{"machine-config": {"vcpu_count": "2", "mem_size_mib": 1}}"#
+        )
+        .is_err());
+        assert!(VmConfig::from_json(
+            r#"{"machine-config": {"vcpu_count": 300, "mem_size_mib": 1}}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn machine_limits_are_enforced() {
+        let check = |vcpu_count, mem_size_mib, smt| {
+            MachineConfig {
+                vcpu_count,
+                mem_size_mib,
+                smt,
+                track_dirty_pages: false,
+            }
+            .validate(&LIMITS)
+        };
+        assert!(matches!(
+            check(0, 128, false),
+            Err(ConfigError::VcpuCount(0))
+        ));
+        assert!(matches!(
+            check(33, 128, false),
+            Err(ConfigError::VcpuCount(33))
+        ));
+        assert!(matches!(
+            check(3, 128, true),
+            Err(ConfigError::SmtVcpuCount(3))
+        ));
+        assert!(matches!(
+            check(1, 8, false),
+            Err(ConfigError::MemTooSmall(8))
+        ));
+        assert!(matches!(
+            check(1, 8192, false),
+            Err(ConfigError::MemTooLarge { limit: 4096, .. })
+        ));
+        check(32, 4096, false).unwrap();
+        check(1, 16, true).unwrap();
+        check(4, 128, true).unwrap();
+    }
+
+    #[test]
+    fn missing_kernel_and_initrd_are_reported_with_their_path() {
+        let json = r#"{"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"}}"#;
+        let err = VmConfig::from_json(json)
+            .unwrap()
+            .validate(&LIMITS)
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/vmlinux"), "{err}");
+
+        let kernel = kernel_file();
+        let json = format!(
+            r#"{{"boot-source": {{"kernel_image_path": {:?}, "initrd_path": "/nonexistent/initrd"}}}}"#,
+            kernel.0
+        );
+        let err = VmConfig::from_json(&json)
+            .unwrap()
+            .validate(&LIMITS)
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::Initrd { .. }), "{err}");
+        assert!(matches!(
+            VmConfig::default().validate(&LIMITS),
+            Err(ConfigError::NoBootSource)
+        ));
+    }
+
+    #[test]
+    fn ids_and_macs_are_checked() {
+        let kernel = kernel_file();
+        let mut config = VmConfig::from_json(&config_json(
+            &kernel.0,
+            r#"{"vcpu_count": 1, "mem_size_mib": 128}"#,
+        ))
+        .unwrap();
+        config.drives.push(config.drives[0].clone());
+        assert!(matches!(
+            config.validate(&LIMITS),
+            Err(ConfigError::DuplicateId { .. })
+        ));
+        config.drives[1].drive_id = "data/../x".into();
+        assert!(matches!(
+            config.validate(&LIMITS),
+            Err(ConfigError::InvalidId { .. })
+        ));
+        config.drives.pop();
+        config.network_interfaces[0].guest_mac = Some("06:00:ac:10:00".into());
+        assert!(matches!(
+            config.validate(&LIMITS),
+            Err(ConfigError::InvalidMac(_))
+        ));
+        assert_eq!(
+            parse_mac("06:00:AC:10:00:ff").unwrap(),
+            [6, 0, 0xac, 0x10, 0, 0xff]
+        );
+        assert!(parse_mac("06:00:ac:10:00:02:03").is_err());
+        assert!(parse_mac("0g:00:ac:10:00:02").is_err());
+    }
+}

@@ -1,0 +1,441 @@
+//! A running microVM: guest memory and KVM VM, its vCPU threads, its
+//! devices and the device event loop; and how it ends.
+
+use crate::arch;
+use crate::config::{ConfigError, HostLimits, VmConfig};
+use crate::console::ConsoleInput;
+use crate::event_loop::{EventLoop, EventLoopError, GuestSignal, GuestSignalWatcher, Subscriber};
+use crate::vcpu::{self, IoBuses, Vcpu, VcpuStop};
+use crate::vm::{Vm, VmError};
+use brique_devices::serial::{ConsoleOutput, GuestPanicReport, PanicWatcher, SerialConsole};
+use brique_devices::EventFdTrigger;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::signal::Killable;
+
+/// Errors building or starting a machine.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Creating the KVM VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Loading the guest or setting up vCPUs failed.
+    #[error(transparent)]
+    Arch(#[from] arch::ArchError),
+    /// The kernel command line is invalid or too long.
+    #[error("kernel command line: {0}")]
+    Cmdline(linux_loader::cmdline::Error),
+    /// A file named by the configuration cannot be opened.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The configuration asks for a device this build cannot provide yet.
+    #[error("{0} are not supported yet")]
+    Unsupported(&'static str),
+    /// A device could not be set up.
+    #[error("device setup: {0}")]
+    Device(String),
+    /// KVM refused a vCPU.
+    #[error("cannot create vCPU {id}: {source}")]
+    CreateVcpu { id: u8, source: kvm_ioctls::Error },
+    /// The device event loop failed to start.
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Why a machine ended. Clean ends exit brique with status 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest rebooted (Linux `reboot` with `reboot=k`): the microVM ends.
+    GuestReset,
+    /// The guest powered off through a KVM system event.
+    GuestPowerOff,
+    /// The guest kernel panicked; its panic line.
+    GuestPanic(String),
+    /// A vCPU triple-faulted.
+    TripleFault { vcpu: u8 },
+    /// The guest reported a crash through a KVM system event.
+    GuestCrash { vcpu: u8 },
+    /// A vCPU could not go on running.
+    VcpuFailed { vcpu: u8, detail: String },
+}
+
+impl ExitReason {
+    /// Whether the guest ended the machine on purpose.
+    pub fn is_clean(&self) -> bool {
+        matches!(self, Self::GuestReset | Self::GuestPowerOff)
+    }
+
+    /// brique's process exit status for this reason.
+    pub fn exit_code(&self) -> i32 {
+        if self.is_clean() {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::GuestReset => write!(f, "guest rebooted"),
+            Self::GuestPowerOff => write!(f, "guest powered off"),
+            Self::GuestPanic(line) => write!(f, "guest kernel panic: {line}"),
+            Self::TripleFault { vcpu } => write!(f, "guest triple fault on vCPU {vcpu}"),
+            Self::GuestCrash { vcpu } => write!(f, "guest crashed on vCPU {vcpu}"),
+            Self::VcpuFailed { vcpu, detail } => write!(f, "vCPU {vcpu} failed: {detail}"),
+        }
+    }
+}
+
+/// What the guest runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    /// The kernel, initrd and command line of the configuration.
+    Linux,
+    /// Raw 64-bit code loaded at [`BARE_CODE_ADDR`] and entered there by
+    /// vCPU 0 in the state a Linux kernel gets (long mode, first GiB
+    /// identity-mapped, boot GDT, empty IDT): for tests of the VMM itself
+    /// with tiny hand-assembled guests.
+    #[cfg(target_arch = "x86_64")]
+    BareCode(&'a [u8]),
+    #[doc(hidden)]
+    #[cfg(not(target_arch = "x86_64"))]
+    _Unused(std::marker::PhantomData<&'a ()>),
+}
+
+/// Where [`Payload::BareCode`] is loaded and entered.
+#[cfg(target_arch = "x86_64")]
+pub use arch::x86_64::BARE_CODE_ADDR;
+
+/// The host side of the guest console.
+pub struct ConsoleIo {
+    /// Where guest console output goes.
+    pub output: Box<dyn Write + Send>,
+    /// A pollable descriptor whose bytes become guest console input.
+    pub input: Option<RawFd>,
+}
+
+impl std::fmt::Debug for ConsoleIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleIo")
+            .field("input", &self.input)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Events the machine waits on.
+#[derive(Debug)]
+enum MachineEvent {
+    Guest(GuestSignal),
+    VcpuStopped { id: u8, reason: VcpuStop },
+}
+
+/// A booted microVM.
+#[derive(Debug)]
+pub struct Machine {
+    vm: Vm,
+    vcpu_threads: Vec<JoinHandle<()>>,
+    stop_vcpus: Arc<AtomicBool>,
+    events: Receiver<MachineEvent>,
+    event_loop: EventLoop,
+    panic_report: GuestPanicReport,
+    _buses: Arc<IoBuses>,
+}
+
+fn open(path: &std::path::Path) -> Result<File, MachineError> {
+    File::open(path).map_err(|source| MachineError::Open {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn eventfd() -> Result<EventFd, MachineError> {
+    EventFd::new(EFD_NONBLOCK).map_err(|err| MachineError::Device(format!("eventfd: {err}")))
+}
+
+fn clone_evt(evt: &EventFd) -> Result<EventFd, MachineError> {
+    evt.try_clone()
+        .map_err(|err| MachineError::Device(format!("eventfd: {err}")))
+}
+
+impl Machine {
+    /// Validates `config`, builds the VM, loads `payload` and starts the
+    /// vCPUs and the device event loop.
+    pub fn boot(
+        config: &VmConfig,
+        payload: Payload<'_>,
+        console: ConsoleIo,
+    ) -> Result<Self, MachineError> {
+        let machine_config = &config.machine_config;
+        machine_config.validate(&HostLimits::of_this_host())?;
+        if matches!(payload, Payload::Linux) {
+            config.validate(&HostLimits::of_this_host())?;
+        }
+        if !config.drives.is_empty() {
+            return Err(MachineError::Unsupported("drives (virtio-blk)"));
+        }
+        if !config.network_interfaces.is_empty() {
+            return Err(MachineError::Unsupported("network interfaces (virtio-net)"));
+        }
+        vcpu::install_kick_handler()
+            .map_err(|err| MachineError::Device(format!("vCPU kick signal: {err}")))?;
+
+        let vm = Vm::new(machine_config.mem_size_mib)?;
+        let vcpu_count = machine_config.vcpu_count;
+
+        // Devices: the serial console and the reset line.
+        let (machine_events, events) = channel();
+        let (guest_signals, guest_signal_events) = channel();
+        let panic_report = GuestPanicReport::default();
+        let panic_evt = eventfd()?;
+        let reset_evt = eventfd()?;
+        let serial_irq = eventfd()?;
+        let input_drained = eventfd()?;
+        let serial = Arc::new(Mutex::new(SerialConsole::new(
+            EventFdTrigger::new(clone_evt(&serial_irq)?),
+            ConsoleOutput::new(
+                console.output,
+                Some(PanicWatcher::new(
+                    panic_report.clone(),
+                    EventFdTrigger::new(clone_evt(&panic_evt)?),
+                )),
+            ),
+            Some(EventFdTrigger::new(clone_evt(&input_drained)?)),
+        )));
+        let mut buses = IoBuses::default();
+        legacy::attach(&vm, &mut buses, serial.clone(), &serial_irq, &reset_evt)?;
+        let buses = Arc::new(buses);
+
+        // Guest payload and vCPU state.
+        let entry = match payload {
+            Payload::Linux => Self::load_linux(&vm, config)?,
+            #[cfg(target_arch = "x86_64")]
+            Payload::BareCode(code) => arch::load_bare_code(vm.memory(), code)?,
+            #[cfg(not(target_arch = "x86_64"))]
+            Payload::_Unused(_) => return Err(MachineError::Unsupported("raw payloads")),
+        };
+        let template = arch::VcpuTemplate::new(vm.kvm(), vcpu_count, machine_config.smt)?;
+        let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
+        for id in 0..vcpu_count {
+            let fd = vm
+                .fd()
+                .create_vcpu(u64::from(id))
+                .map_err(|source| MachineError::CreateVcpu { id, source })?;
+            arch::configure_vcpu(&fd, id, &template, entry)?;
+            vcpus.push(Vcpu::new(id, fd, buses.clone()));
+        }
+
+        // The device event loop: console input and guest signals.
+        let mut subscribers: Vec<Subscriber> = vec![Arc::new(Mutex::new(GuestSignalWatcher::new(
+            reset_evt,
+            panic_evt,
+            guest_signals,
+        )))];
+        if let Some(input) = console.input {
+            subscribers.push(Arc::new(Mutex::new(ConsoleInput::new(
+                input,
+                serial,
+                input_drained,
+            ))));
+        }
+        let event_loop = EventLoop::start(subscribers)?;
+        let forwarder = machine_events.clone();
+        std::thread::Builder::new()
+            .name("brique-signals".into())
+            .spawn(move || {
+                for signal in guest_signal_events {
+                    if forwarder.send(MachineEvent::Guest(signal)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(MachineError::Thread)?;
+
+        let stop_vcpus = Arc::new(AtomicBool::new(false));
+        let vcpu_threads = vcpus
+            .into_iter()
+            .map(|vcpu| spawn_vcpu(vcpu, stop_vcpus.clone(), machine_events.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(Self {
+            vm,
+            vcpu_threads,
+            stop_vcpus,
+            events,
+            event_loop,
+            panic_report,
+            _buses: buses,
+        })
+    }
+
+    fn load_linux(vm: &Vm, config: &VmConfig) -> Result<arch::BootEntry, MachineError> {
+        let boot = config
+            .boot_source
+            .as_ref()
+            .ok_or(ConfigError::NoBootSource)?;
+        let mut cmdline = linux_loader::cmdline::Cmdline::new(arch::CMDLINE_CAPACITY)
+            .map_err(MachineError::Cmdline)?;
+        cmdline
+            .insert_str(boot.boot_args.as_deref().unwrap_or(arch::DEFAULT_BOOT_ARGS))
+            .map_err(MachineError::Cmdline)?;
+        let mut kernel = open(&boot.kernel_image_path)?;
+        let mut initrd = boot.initrd_path.as_deref().map(open).transpose()?;
+        Ok(arch::load_guest(
+            vm.memory(),
+            &mut kernel,
+            initrd.as_mut(),
+            &cmdline,
+            config.machine_config.vcpu_count,
+        )?)
+    }
+
+    /// Guest memory (for tests and, later, snapshots).
+    pub fn memory(&self) -> &vm_memory::GuestMemoryMmap {
+        self.vm.memory()
+    }
+
+    /// Waits until the guest ends the machine (or a vCPU fails), then stops
+    /// every vCPU and the device loop, and says why it ended.
+    pub fn wait_for_exit(mut self) -> ExitReason {
+        let first = match self.events.recv() {
+            Ok(event) => event,
+            Err(_) => MachineEvent::VcpuStopped {
+                id: 0,
+                reason: VcpuStop::RunFailed("every vCPU thread is gone".into()),
+            },
+        };
+        let reason = match first {
+            MachineEvent::Guest(GuestSignal::Reset) => ExitReason::GuestReset,
+            MachineEvent::Guest(GuestSignal::Panicked) => ExitReason::GuestPanic(String::new()),
+            MachineEvent::VcpuStopped { id, reason } => match reason {
+                VcpuStop::SystemReset => ExitReason::GuestReset,
+                VcpuStop::SystemShutdown => ExitReason::GuestPowerOff,
+                VcpuStop::TripleFault => ExitReason::TripleFault { vcpu: id },
+                VcpuStop::SystemCrash => ExitReason::GuestCrash { vcpu: id },
+                other => ExitReason::VcpuFailed {
+                    vcpu: id,
+                    detail: format!("{other:?}"),
+                },
+            },
+        };
+        // A panic report wins over the reset that `panic=N` leads to.
+        let reason = match (self.panic_report.message(), reason) {
+            (Some(line), ExitReason::GuestReset | ExitReason::GuestPanic(_)) => {
+                ExitReason::GuestPanic(line)
+            }
+            (_, reason) => reason,
+        };
+        self.stop();
+        reason
+    }
+
+    fn stop(&mut self) {
+        self.stop_vcpus.store(true, Ordering::Release);
+        for thread in &self.vcpu_threads {
+            // A thread that already ended cannot be signalled; that is fine.
+            let _ = thread.kill(vcpu::kick_signal());
+        }
+        for thread in self.vcpu_threads.drain(..) {
+            let _ = thread.join();
+        }
+        self.event_loop.stop();
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn_vcpu(
+    mut vcpu: Vcpu,
+    stop: Arc<AtomicBool>,
+    events: Sender<MachineEvent>,
+) -> Result<JoinHandle<()>, MachineError> {
+    std::thread::Builder::new()
+        .name(format!("brique-vcpu{}", vcpu.id()))
+        .spawn(move || {
+            let reason = vcpu.run(&stop);
+            if reason != VcpuStop::Requested {
+                let _ = events.send(MachineEvent::VcpuStopped {
+                    id: vcpu.id(),
+                    reason,
+                });
+            }
+        })
+        .map_err(MachineError::Thread)
+}
+
+/// Legacy devices on x86_64: COM1 and the i8042 reset line on port I/O.
+#[cfg(target_arch = "x86_64")]
+mod legacy {
+    use super::{clone_evt, MachineError};
+    use crate::arch::legacy::*;
+    use crate::vcpu::IoBuses;
+    use crate::vm::Vm;
+    use brique_devices::i8042::I8042;
+    use brique_devices::serial::SerialConsole;
+    use brique_devices::EventFdTrigger;
+    use std::sync::{Arc, Mutex};
+    use vmm_sys_util::eventfd::EventFd;
+
+    pub(super) fn attach(
+        vm: &Vm,
+        buses: &mut IoBuses,
+        serial: Arc<Mutex<SerialConsole>>,
+        serial_irq: &EventFd,
+        reset_evt: &EventFd,
+    ) -> Result<(), MachineError> {
+        vm.fd()
+            .register_irqfd(serial_irq, COM1_IRQ)
+            .map_err(|err| MachineError::Device(format!("serial irqfd: {err}")))?;
+        buses
+            .pio
+            .insert(serial, COM1_PORT_BASE, COM1_PORT_LEN)
+            .map_err(|err| MachineError::Device(err.to_string()))?;
+        let i8042 = I8042::new(EventFdTrigger::new(clone_evt(reset_evt)?));
+        buses
+            .pio
+            .insert(Arc::new(Mutex::new(i8042)), I8042_PORT_BASE, I8042_PORT_LEN)
+            .map_err(|err| MachineError::Device(err.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Legacy devices on aarch64 come with aarch64 boot (PL011/16550 on MMIO).
+#[cfg(not(target_arch = "x86_64"))]
+mod legacy {
+    use super::MachineError;
+    use crate::vcpu::IoBuses;
+    use crate::vm::Vm;
+    use brique_devices::serial::SerialConsole;
+    use std::sync::{Arc, Mutex};
+    use vmm_sys_util::eventfd::EventFd;
+
+    pub(super) fn attach(
+        _vm: &Vm,
+        _buses: &mut IoBuses,
+        _serial: Arc<Mutex<SerialConsole>>,
+        _serial_irq: &EventFd,
+        _reset_evt: &EventFd,
+    ) -> Result<(), MachineError> {
+        Err(MachineError::Unsupported("aarch64 legacy devices"))
+    }
+}

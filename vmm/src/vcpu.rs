@@ -1,0 +1,189 @@
+//! vCPU threads: each runs KVM_RUN, dispatches port I/O and MMIO exits to
+//! the device buses, and reports why it stopped.
+
+use brique_devices::bus::Bus;
+use kvm_bindings::kvm_run;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// The device buses vCPU exits are dispatched to.
+#[derive(Debug, Default)]
+pub struct IoBuses {
+    /// Port I/O (x86 only; empty elsewhere).
+    pub pio: Bus,
+    /// Memory-mapped I/O.
+    pub mmio: Bus,
+}
+
+/// Why a vCPU stopped running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuStop {
+    /// The VMM asked it to stop.
+    Requested,
+    /// The guest triple-faulted (KVM_EXIT_SHUTDOWN).
+    TripleFault,
+    /// The guest asked for a reset through a KVM system event.
+    SystemReset,
+    /// The guest powered off through a KVM system event.
+    SystemShutdown,
+    /// The guest reported a crash through a KVM system event.
+    SystemCrash,
+    /// KVM could not emulate or run the guest.
+    InternalError(String),
+    /// VM entry failed.
+    FailEntry(u64),
+    /// The vCPU halted with no in-kernel interrupt controller to wake it.
+    Halted,
+    /// An exit brique does not handle.
+    UnexpectedExit(String),
+    /// KVM_RUN failed.
+    RunFailed(String),
+}
+
+thread_local! {
+    /// This thread's vCPU `kvm_run` page, for the kick signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The signal that kicks a vCPU thread out of KVM_RUN.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KVM_RUN.with(|run| {
+        let run = run.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is this thread's own kvm_run mapping, set by
+            // `Vcpu::run` for as long as it runs and cleared before it returns;
+            // setting immediate_exit makes the next or current KVM_RUN return EINTR.
+            unsafe { (*run).immediate_exit = 1 };
+        }
+    });
+}
+
+/// Installs the kick handler (once per process).
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    static INSTALLED: std::sync::OnceLock<Result<(), vmm_sys_util::errno::Error>> =
+        std::sync::OnceLock::new();
+    *INSTALLED
+        .get_or_init(|| vmm_sys_util::signal::register_signal_handler(kick_signal(), handle_kick))
+}
+
+/// One vCPU and the buses its exits go to.
+#[derive(Debug)]
+pub struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+    buses: Arc<IoBuses>,
+}
+
+impl Vcpu {
+    /// Wraps a configured vCPU.
+    pub fn new(id: u8, fd: VcpuFd, buses: Arc<IoBuses>) -> Self {
+        Self { id, fd, buses }
+    }
+
+    /// This vCPU's index.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// Runs the guest until it stops or `stop` is set (and the thread kicked).
+    pub fn run(&mut self, stop: &AtomicBool) -> VcpuStop {
+        KVM_RUN.with(|run| run.set(self.fd.get_kvm_run()));
+        let reason = self.run_loop(stop);
+        KVM_RUN.with(|run| run.set(std::ptr::null_mut()));
+        reason
+    }
+
+    fn run_loop(&mut self, stop: &AtomicBool) -> VcpuStop {
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return VcpuStop::Requested;
+            }
+            match self.fd.run() {
+                Ok(exit) => {
+                    if let Some(reason) = handle_exit(exit, &self.buses) {
+                        return self.with_details(reason);
+                    }
+                }
+                Err(err) if matches!(err.errno(), libc::EINTR | libc::EAGAIN) => {
+                    self.fd.set_kvm_immediate_exit(0);
+                }
+                Err(err) => return VcpuStop::RunFailed(err.to_string()),
+            }
+        }
+    }
+}
+
+impl Vcpu {
+    /// Adds what only `kvm_run` knows to a stop reason.
+    fn with_details(&mut self, reason: VcpuStop) -> VcpuStop {
+        match reason {
+            VcpuStop::InternalError(_) => {
+                let run = self.fd.get_kvm_run();
+                // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, for which
+                // `internal` is the union member KVM filled in.
+                let (suberror, ndata) = unsafe {
+                    let internal = run.__bindgen_anon_1.internal;
+                    (internal.suberror, internal.ndata)
+                };
+                VcpuStop::InternalError(format!(
+                    "KVM internal error on vCPU {}: suberror {suberror} ({}), {ndata} data words",
+                    self.id,
+                    if suberror == 1 {
+                        "emulation failure"
+                    } else {
+                        "see KVM_INTERNAL_ERROR_*"
+                    }
+                ))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Handles one exit; `Some` when the vCPU must stop.
+fn handle_exit(exit: VcpuExit<'_>, buses: &IoBuses) -> Option<VcpuStop> {
+    match exit {
+        #[cfg(target_arch = "x86_64")]
+        VcpuExit::IoIn(port, data) => {
+            if !buses.pio.read(u64::from(port), data) {
+                data.fill(0xff);
+            }
+            None
+        }
+        #[cfg(target_arch = "x86_64")]
+        VcpuExit::IoOut(port, data) => {
+            buses.pio.write(u64::from(port), data);
+            None
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !buses.mmio.read(addr, data) {
+                data.fill(0);
+            }
+            None
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            buses.mmio.write(addr, data);
+            None
+        }
+        VcpuExit::Shutdown => Some(VcpuStop::TripleFault),
+        VcpuExit::Hlt => Some(VcpuStop::Halted),
+        VcpuExit::SystemEvent(kind, _) => Some(match kind {
+            kvm_bindings::KVM_SYSTEM_EVENT_RESET => VcpuStop::SystemReset,
+            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VcpuStop::SystemShutdown,
+            kvm_bindings::KVM_SYSTEM_EVENT_CRASH => VcpuStop::SystemCrash,
+            other => VcpuStop::UnexpectedExit(format!("system event {other}")),
+        }),
+        VcpuExit::InternalError => Some(VcpuStop::InternalError(
+            "KVM internal error (emulation failure)".to_owned(),
+        )),
+        VcpuExit::FailEntry(reason, _cpu) => Some(VcpuStop::FailEntry(reason)),
+        VcpuExit::Intr => None,
+        other => Some(VcpuStop::UnexpectedExit(format!("{other:?}"))),
+    }
+}
