@@ -1,1 +1,73 @@
+//! End-to-end tests: real Linux guests booted by brique inside the
+//! nested-KVM test host (resources/testhost.sh). They need the artifacts of
+//! resources/build-artifacts.sh and target/release/brique, which the README
+//! test command (resources/run-tests.sh) builds first.
 
+use brique_tests::{run_in_test_host, skip_e2e};
+
+#[test]
+fn boots_to_init_with_one_and_two_vcpus_and_reboot_ends_brique_cleanly() {
+    if skip_e2e() {
+        return;
+    }
+    let run = run_in_test_host(
+        r#"
+        boot_case one_vcpu 1 128 "$GUEST_VMLINUX" "$DEFAULT_ARGS"
+        boot_case two_vcpus 2 128 "$GUEST_VMLINUX" "$DEFAULT_ARGS"
+        "#,
+        &[],
+    );
+    let one = run.case("one_vcpu");
+    assert!(one.console_has("BRIQUE_GUEST_INIT_OK cpus=1 "), "{one:#?}");
+    assert!(one.console_has("BRIQUE_GUEST_REBOOTING"), "{one:#?}");
+    assert_eq!(one.exit, 0, "guest reboot ends brique with 0: {one:#?}");
+
+    let two = run.case("two_vcpus");
+    assert!(two.console_has("BRIQUE_GUEST_INIT_OK cpus=2 "), "{two:#?}");
+    assert_eq!(two.exit, 0, "{two:#?}");
+}
+
+#[test]
+fn bzimage_boots_and_memory_size_is_what_was_asked() {
+    if skip_e2e() {
+        return;
+    }
+    let run = run_in_test_host(
+        r#"boot_case bzimage 1 256 "$GUEST_BZIMAGE" "$DEFAULT_ARGS""#,
+        &[],
+    );
+    let case = run.case("bzimage");
+    assert_eq!(case.exit, 0, "{case:#?}");
+    let line = case
+        .console
+        .iter()
+        .find(|l| l.contains("BRIQUE_GUEST_INIT_OK"))
+        .unwrap_or_else(|| panic!("no init marker: {case:#?}"));
+    let mem_kib: u64 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("mem_kib="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no mem_kib in {line}"));
+    // MemTotal is RAM minus what the kernel keeps: close to, below 256 MiB.
+    assert!((200 * 1024..256 * 1024).contains(&mem_kib), "{line}");
+}
+
+#[test]
+fn guest_kernel_panic_ends_brique_with_an_error_and_a_message() {
+    if skip_e2e() {
+        return;
+    }
+    let run = run_in_test_host(
+        r#"boot_case panic 1 128 "$GUEST_VMLINUX" "$DEFAULT_ARGS brique_action=panic""#,
+        &[],
+    );
+    let case = run.case("panic");
+    assert!(case.console_has("BRIQUE_GUEST_PANICKING"), "{case:#?}");
+    assert_eq!(case.exit, 1, "{case:#?}");
+    assert!(
+        case.stderr
+            .iter()
+            .any(|l| l.contains("guest kernel panic: Kernel panic - not syncing")),
+        "{case:#?}"
+    );
+}

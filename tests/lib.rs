@@ -1,1 +1,124 @@
+//! Helpers for brique's end-to-end tests: run shell cases inside the
+//! nested-KVM test host (`resources/testhost.sh`) and read back what each
+//! case's guest printed and how brique exited.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// One test host at a time: two TCG machines on two cores only slow each
+/// other down past their timeouts.
+static TEST_HOST: Mutex<()> = Mutex::new(());
+
+/// What one `boot_case` printed and how brique ended.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// Case name.
+    pub name: String,
+    /// brique's exit status.
+    pub exit: i32,
+    /// The guest console (brique's stdout), one entry per line.
+    pub console: Vec<String>,
+    /// brique's stderr lines.
+    pub stderr: Vec<String>,
+}
+
+impl Case {
+    /// Whether some console line contains `text`.
+    pub fn console_has(&self, text: &str) -> bool {
+        self.console.iter().any(|line| line.contains(text))
+    }
+}
+
+/// A finished test host run.
+#[derive(Debug)]
+pub struct HostRun {
+    /// testhost.sh's exit status (the script's).
+    pub status: i32,
+    /// The whole test host console.
+    pub console: String,
+}
+
+impl HostRun {
+    /// The case called `name`; panics with the console when it is missing.
+    pub fn case(&self, name: &str) -> Case {
+        let mut console = Vec::new();
+        let mut stderr = Vec::new();
+        let out_prefix = format!("[{name}] ");
+        let err_prefix = format!("[{name}:stderr] ");
+        let end = format!("BRIQUE_CASE {name} exit=");
+        for line in self.console.lines() {
+            let line = line.trim_end_matches('\r');
+            if let Some(rest) = line.strip_prefix(&out_prefix) {
+                console.push(rest.to_owned());
+            } else if let Some(rest) = line.strip_prefix(&err_prefix) {
+                stderr.push(rest.to_owned());
+            } else if let Some(status) = line.strip_prefix(&end) {
+                let exit = status.trim().parse().unwrap_or(-1);
+                return Case {
+                    name: name.to_owned(),
+                    exit,
+                    console,
+                    stderr,
+                };
+            }
+        }
+        panic!(
+            "case {name} did not finish; test host console:\n{}",
+            self.console
+        );
+    }
+}
+
+/// Runs `script` (POSIX sh, with `boot_case` from guest-lib.sh available)
+/// in the test host, with `files` (name, content) beside it.
+pub fn run_in_test_host(script: &str, files: &[(&str, &[u8])]) -> HostRun {
+    let _guard = TEST_HOST.lock().unwrap_or_else(|p| p.into_inner());
+    let root = repo_root();
+    let dir = std::env::temp_dir().join(format!(
+        "brique-e2e-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create case dir");
+    std::fs::copy(root.join("tests/guest-lib.sh"), dir.join("guest-lib.sh")).expect("copy lib");
+    std::fs::write(dir.join("case.sh"), format!(". ./guest-lib.sh\n{script}\n"))
+        .expect("write case");
+    for (name, content) in files {
+        std::fs::write(dir.join(name), content).expect("write file");
+    }
+    let output = Command::new(root.join("resources/testhost.sh"))
+        .arg("--with")
+        .arg(&dir)
+        .args(["--", "sh", "case.sh"])
+        .output()
+        .expect("run resources/testhost.sh");
+    let _ = std::fs::remove_dir_all(&dir);
+    let console = String::from_utf8_lossy(&output.stdout).into_owned();
+    let status = output.status.code().unwrap_or(-1);
+    if status >= 124 || !console.contains("BRIQUE_TESTHOST_READY kvm=yes") {
+        panic!(
+            "the test host did not run (status {status}):\n{console}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    HostRun { status, console }
+}
+
+/// Says loudly why e2e tests are skipped, if they must be: only when
+/// BRIQUE_SKIP_E2E is set (the README test command never sets it).
+pub fn skip_e2e() -> bool {
+    if std::env::var_os("BRIQUE_SKIP_E2E").is_some() {
+        eprintln!("\n*** SKIPPED: end-to-end test (BRIQUE_SKIP_E2E is set) ***\n");
+        return true;
+    }
+    false
+}

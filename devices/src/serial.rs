@@ -35,7 +35,7 @@ const MAX_WATCHED_LINE: usize = 512;
 pub struct GuestPanicReport(Arc<Mutex<Option<String>>>);
 
 impl GuestPanicReport {
-    /// The panic line, once the guest kernel finished printing its panic.
+    /// The panic line, once the guest kernel printed one.
     pub fn message(&self) -> Option<String> {
         self.0
             .lock()
@@ -51,10 +51,12 @@ impl GuestPanicReport {
     }
 }
 
-/// Scans console output, line by line, for Linux's panic banner. When the
-/// kernel finishes its panic report (the `---[ end Kernel panic` line) the
-/// watcher records the panic line and signals `panic_evt`, so the VMM can stop
-/// with an error instead of waiting for a guest that will never recover.
+/// Scans console output, line by line, for Linux's panic banner. The panic
+/// line is recorded as soon as it appears (so a `panic=N` reboot that
+/// follows is reported as the panic it is); `panic_evt` is signalled when
+/// the kernel ends its report with `---[ end Kernel panic` (printed when it
+/// will hang rather than reboot), so the VMM stops instead of waiting for a
+/// guest that will never recover.
 #[derive(Debug)]
 pub struct PanicWatcher {
     line: Vec<u8>,
@@ -86,24 +88,23 @@ impl PanicWatcher {
     }
 
     fn end_of_line(&mut self) {
-        let line = std::mem::take(&mut self.line);
-        if let Some(start) = find(&line, PANIC_START) {
-            if self.panic_line.is_none() {
-                let text = String::from_utf8_lossy(&line[start..]);
-                self.panic_line = Some(text.trim_end().to_owned());
+        if self.panic_line.is_none() {
+            if let Some(start) = find(&self.line, PANIC_START) {
+                let text = String::from_utf8_lossy(&self.line[start..]);
+                let text = text.trim_end().to_owned();
+                self.report.record(text.clone());
+                self.panic_line = Some(text);
             }
         }
-        if find(&line, PANIC_END).is_some() {
-            let message = self
-                .panic_line
-                .clone()
-                .unwrap_or_else(|| "Kernel panic".to_owned());
-            self.report.record(message);
+        if find(&self.line, PANIC_END).is_some() {
+            if self.panic_line.is_none() {
+                self.report.record("Kernel panic".to_owned());
+                self.panic_line = Some("Kernel panic".to_owned());
+            }
             if let Err(err) = vm_superio::Trigger::trigger(&self.panic_evt) {
                 log::error!("serial: cannot signal the guest panic: {err}");
             }
         }
-        self.line = line;
         self.line.clear();
     }
 }
@@ -313,8 +314,15 @@ mod tests {
         watcher.feed(b"[    1.0] Run /init as init process\n");
         watcher.feed(b"[    1.2] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\r\n");
         watcher.feed(b"[    1.2] CPU: 0 PID: 1 Comm: init\n");
-        assert!(report.message().is_none(), "not before the report ends");
-        assert!(panic_evt.read().is_err());
+        assert_eq!(
+            report.message().as_deref(),
+            Some("Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"),
+            "recorded at once: a panic=N reboot may follow instead of the end line"
+        );
+        assert!(
+            panic_evt.read().is_err(),
+            "not signalled before the report ends"
+        );
         watcher
             .feed(b"[    1.3] ---[ end Kernel panic - not syncing: Attempted to kill init! ]---\n");
         assert_eq!(

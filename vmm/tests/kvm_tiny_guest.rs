@@ -130,6 +130,21 @@ fn kernel_panic_on_the_console_ends_with_an_error() {
 }
 
 #[test]
+fn reboot_after_a_panic_line_is_reported_as_the_panic() {
+    if !kvm_available() {
+        return;
+    }
+    // With panic=1 Linux prints the panic line, then reboots: no end line.
+    let message = b"Kernel panic - not syncing: VFS: Unable to mount root fs\n\
+        Rebooting in 1 seconds..\n";
+    let (reason, _) = run(1, &print_then_reset(message));
+    assert_eq!(
+        reason,
+        ExitReason::GuestPanic("Kernel panic - not syncing: VFS: Unable to mount root fs".into())
+    );
+}
+
+#[test]
 fn triple_fault_ends_with_an_error() {
     if !kvm_available() {
         return;

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Boots the x86_64 *test host*: a Debian cloud kernel under QEMU's software
+# CPU (TCG), which emulates AMD SVM and so gives a genuine nested KVM that
+# can boot real Linux guests (this machine's own /dev/kvm cannot). Runs CMD
+# inside it, streams its console to stdout and exits with CMD's status.
+#
+# Usage: resources/testhost.sh [options] -- CMD...
+#   --with DIR      copy DIR's files into the test host (at /brique/with)
+#   --with-qemu     also copy QEMU (the benchmark peer) and its firmware
+#   --smp N         test host CPUs (default 2)
+#   --mem MIB       test host memory (default 3072)
+#   --timeout SECS  kill the test host after SECS (default 900); exit 124
+#   --log FILE      also keep the console in FILE
+#
+# Inside the test host (a busybox userland, root, /dev/kvm present):
+#   /brique/bin/brique            target/release/brique (libraries in /lib*)
+#   /brique/artifacts/vmlinux     guest kernel (ELF); also bzImage,
+#                    initramfs.cpio.gz, rootfs.ext4 (build-artifacts.sh)
+#   /brique/with/                 the --with DIR (CMD's working directory)
+#   /brique/qemu/bin/qemu-system-x86_64, /brique/qemu/share  (--with-qemu)
+#   /tmp                          tmpfs scratch space
+# and in CMD's environment: BRIQUE, GUEST_VMLINUX, GUEST_BZIMAGE,
+# GUEST_INITRAMFS, GUEST_ROOTFS (and QEMU, QEMU_DATADIR with --with-qemu).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+with_dir="" with_qemu=0 smp=2 mem=3072 timeout_secs=900 keep_log=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --with) with_dir="$(cd "$2" && pwd)"; shift 2 ;;
+        --with-qemu) with_qemu=1; shift ;;
+        --smp) smp="$2"; shift 2 ;;
+        --mem) mem="$2"; shift 2 ;;
+        --timeout) timeout_secs="$2"; shift 2 ;;
+        --log) keep_log="$2"; shift 2 ;;
+        --) shift; break ;;
+        *) echo "testhost.sh: unknown option $1 (usage: see the header of $0)" >&2; exit 2 ;;
+    esac
+done
+[ $# -gt 0 ] || { echo "testhost.sh: no command given after --" >&2; exit 2; }
+
+brique_bin="${BRIQUE_BIN:-$repo/target/release/brique}"
+[ -x "$brique_bin" ] || {
+    echo "testhost.sh: $brique_bin not found: run 'cargo build --release' first" >&2; exit 2; }
+
+eval "$("$here/build-artifacts.sh")"
+
+stage="$(mktemp -d)"
+work="$(mktemp -d)"
+cleanup() { rm -rf "$stage" "$work"; }
+trap cleanup EXIT
+
+# Copies an executable and the shared libraries it needs into the stage.
+copy_with_libs() {
+    local bin="$1" dest="$2" lib
+    mkdir -p "$(dirname "$stage$dest")"
+    cp "$bin" "$stage$dest"
+    for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+        [ -e "$stage$lib" ] || { mkdir -p "$stage$(dirname "$lib")"; cp -L "$lib" "$stage$lib"; }
+    done
+}
+
+mkdir -p "$stage"/{bin,sbin,dev,proc,sys,tmp,run,etc,lib/modules,brique/{bin,artifacts,with}}
+cp /bin/busybox "$stage/bin/busybox"
+for applet in $(/bin/busybox --list); do
+    [ -e "$stage/bin/$applet" ] || ln -s busybox "$stage/bin/$applet"
+done
+cp "$TESTHOST_MODULES"/*.ko "$stage/lib/modules/"
+copy_with_libs "$brique_bin" /brique/bin/brique
+cp "$GUEST_VMLINUX" "$GUEST_BZIMAGE" "$GUEST_INITRAMFS" "$GUEST_ROOTFS" "$stage/brique/artifacts/"
+if [ -n "$with_dir" ]; then cp -a "$with_dir/." "$stage/brique/with/"; fi
+if [ "$with_qemu" = 1 ]; then
+    copy_with_libs /usr/bin/qemu-system-x86_64 /brique/qemu/bin/qemu-system-x86_64
+    mkdir -p "$stage/brique/qemu/share"
+    cp /usr/share/qemu/{qboot.rom,bios-microvm.bin,linuxboot_dma.bin} "$stage/brique/qemu/share/"
+fi
+
+{
+    printf '#!/bin/sh\n'
+    printf 'export BRIQUE=/brique/bin/brique\n'
+    for name in GUEST_VMLINUX GUEST_BZIMAGE GUEST_INITRAMFS GUEST_ROOTFS; do
+        printf 'export %s=/brique/artifacts/%s\n' "$name" "$(basename "${!name}")"
+    done
+    if [ "$with_qemu" = 1 ]; then
+        printf 'export QEMU=/brique/qemu/bin/qemu-system-x86_64 QEMU_DATADIR=/brique/qemu/share\n'
+    fi
+    printf 'cd /brique/with\n'
+    printf '%q ' "$@"
+    printf '\n'
+} > "$stage/brique/cmd.sh"
+
+cat > "$stage/init" <<'INIT'
+#!/bin/sh
+export PATH=/bin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
+for m in irqbypass kvm; do insmod /lib/modules/$m.ko || echo "testhost: insmod $m failed"; done
+if grep -qw svm /proc/cpuinfo; then insmod /lib/modules/kvm-amd.ko; else insmod /lib/modules/kvm-intel.ko; fi
+for m in tun llc stp bridge; do insmod /lib/modules/$m.ko 2>/dev/null; done
+ip link set lo up
+if [ -c /dev/kvm ]; then echo "BRIQUE_TESTHOST_READY kvm=yes"; else echo "BRIQUE_TESTHOST_READY kvm=no"; fi
+sh /brique/cmd.sh
+echo "BRIQUE_TESTHOST_EXIT=$?"
+sync
+poweroff -f
+INIT
+chmod +x "$stage/init" "$stage/brique/cmd.sh"
+
+(cd "$stage" && find . -print0 | cpio --null -o -H newc --owner=0:0 --quiet) > "$work/initramfs.cpio"
+
+log="${keep_log:-$work/console.log}"
+accel="tcg"
+[ "$smp" -gt 1 ] && accel="tcg,thread=multi"
+set +e
+timeout --foreground -k 10 "$timeout_secs" \
+    qemu-system-x86_64 -M q35 -accel "$accel" -cpu max -m "$mem" -smp "$smp" \
+    -kernel "$TESTHOST_KERNEL" -initrd "$work/initramfs.cpio" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=3" \
+    -nodefaults -no-user-config -display none -no-reboot \
+    -chardev stdio,id=console,signal=off -serial chardev:console \
+    < /dev/null | tee "$log"
+qemu_status=${PIPESTATUS[0]}
+set -e
+
+if [ "$qemu_status" = 124 ]; then
+    echo "testhost.sh: the test host did not finish within ${timeout_secs}s" >&2
+    exit 124
+fi
+status="$(tr -d '\r' < "$log" | sed -n 's/^BRIQUE_TESTHOST_EXIT=\([0-9]*\)$/\1/p' | tail -n1)"
+if [ -z "$status" ]; then
+    echo "testhost.sh: the test host ended (qemu status $qemu_status) before CMD finished" >&2
+    exit 125
+fi
+exit "$status"
