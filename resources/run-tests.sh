@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds the guest artifacts,
+# then runs every check and test brique has:
+#   formatting and clippy, unit tests, /dev/kvm tests with tiny guests,
+#   end-to-end tests booting real Linux guests in the nested-KVM test host,
+#   and the aarch64 cross-build (Debian's rustc-web with the arm64 std).
+# Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "system packages"
+resources/install-deps.sh --aarch64
+
+# A Rust toolchain: rustup's when present, else Debian's rustc-web/cargo-web.
+if ! command -v cargo >/dev/null 2>&1; then
+    export PATH="/usr/bin:$PATH"
+fi
+cargo --version
+
+step "guest artifacts (cached in ${BRIQUE_CACHE:-~/.cache/brique})"
+resources/build-artifacts.sh
+
+step "format and lints"
+if cargo fmt --version >/dev/null 2>&1; then
+    cargo fmt --all -- --check
+else
+    echo "*** SKIPPED: cargo fmt is not installed with this toolchain ***"
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+    cargo clippy --workspace --all-targets -- -D warnings
+else
+    echo "*** SKIPPED: cargo clippy is not installed with this toolchain ***"
+fi
+
+step "release build (the binary the test host runs)"
+cargo build --release --workspace
+
+step "aarch64 cross-build"
+# Its own target dir: another rustc would invalidate the host build.
+RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/cross \
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+    cargo build --target aarch64-unknown-linux-gnu --workspace --all-targets
+
+step "tests: unit, /dev/kvm tiny guests, end-to-end in the test host"
+cargo test --workspace
