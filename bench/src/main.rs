@@ -1,0 +1,158 @@
+//! `brique-bench`: brique measured against QEMU's microvm machine in the
+//! same run, on the same host, booting the same guest. Prints figures for
+//! both and the ratios brique/QEMU (below 1 means brique is better).
+//!
+//! `brique-bench boot` runs where KVM can boot Linux: inside the test host
+//! (`resources/bench-boot.sh` does that).
+
+mod boot;
+mod smaps;
+mod stats;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "brique-bench", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Time to guest init and VMM memory overhead, brique vs QEMU microvm.
+    Boot {
+        /// Boots per VMM.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// The brique binary.
+        #[arg(long)]
+        brique: PathBuf,
+        /// The qemu-system-x86_64 binary.
+        #[arg(long)]
+        qemu: PathBuf,
+        /// QEMU's firmware directory (-L).
+        #[arg(long)]
+        qemu_datadir: Option<PathBuf>,
+        /// Guest kernel (ELF vmlinux).
+        #[arg(long)]
+        kernel: PathBuf,
+        /// Guest initramfs.
+        #[arg(long)]
+        initrd: PathBuf,
+        /// Guest memory, MiB.
+        #[arg(long, default_value_t = 128)]
+        mem_mib: u32,
+        /// Guest vCPUs.
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        /// Seconds to wait for each boot.
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    match Args::parse().command {
+        Bench::Boot {
+            runs,
+            brique,
+            qemu,
+            qemu_datadir,
+            kernel,
+            initrd,
+            mem_mib,
+            vcpus,
+            timeout,
+        } => {
+            let setup = boot::BootSetup {
+                kernel,
+                initrd,
+                mem_mib,
+                vcpus,
+                timeout: Duration::from_secs(timeout),
+                scratch: std::env::temp_dir(),
+            };
+            match run_boot(runs, &brique, &qemu, qemu_datadir.as_ref(), &setup) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("brique-bench: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run_boot(
+    runs: u32,
+    brique: &PathBuf,
+    qemu: &PathBuf,
+    qemu_datadir: Option<&PathBuf>,
+    setup: &boot::BootSetup,
+) -> Result<(), boot::BootBenchError> {
+    let mut brique_samples = Vec::new();
+    let mut qemu_samples = Vec::new();
+    // Interleaved, so that drift in the host affects both alike.
+    for run in 1..=runs {
+        let b = boot::measure("brique", boot::brique_command(brique, setup)?, setup)?;
+        let q = boot::measure("qemu", boot::qemu_command(qemu, qemu_datadir, setup), setup)?;
+        println!(
+            "run {run}/{runs}: brique {:.0} ms, {} KiB overhead | qemu microvm {:.0} ms, {} KiB overhead",
+            b.time_to_init.as_secs_f64() * 1e3,
+            b.memory.overhead_kib(),
+            q.time_to_init.as_secs_f64() * 1e3,
+            q.memory.overhead_kib(),
+        );
+        brique_samples.push(b);
+        qemu_samples.push(q);
+    }
+    let times = |samples: &[boot::BootSample]| -> Vec<f64> {
+        samples
+            .iter()
+            .map(|s| s.time_to_init.as_secs_f64() * 1e3)
+            .collect()
+    };
+    let overheads = |samples: &[boot::BootSample]| -> Vec<f64> {
+        samples
+            .iter()
+            .map(|s| s.memory.overhead_kib() as f64 / 1024.0)
+            .collect()
+    };
+    println!(
+        "\nboot benchmark: {runs} runs each, {} vCPU(s), {} MiB, kernel {}",
+        setup.vcpus,
+        setup.mem_mib,
+        setup.kernel.display()
+    );
+    print_metric(
+        "time to guest init (ms)",
+        &times(&brique_samples),
+        &times(&qemu_samples),
+    );
+    print_metric(
+        "VMM memory overhead (MiB, RSS minus guest RAM)",
+        &overheads(&brique_samples),
+        &overheads(&qemu_samples),
+    );
+    Ok(())
+}
+
+fn print_metric(name: &str, brique: &[f64], qemu: &[f64]) {
+    let (Some(b), Some(q)) = (stats::summarize(brique), stats::summarize(qemu)) else {
+        return;
+    };
+    println!("{name}:");
+    println!(
+        "  brique       median {:9.1}  (min {:9.1}, max {:9.1})",
+        b.median, b.min, b.max
+    );
+    println!(
+        "  qemu microvm median {:9.1}  (min {:9.1}, max {:9.1})",
+        q.median, q.min, q.max
+    );
+    println!("  ratio brique/qemu (medians): {:.3}", b.median / q.median);
+}
