@@ -410,7 +410,15 @@ mod legacy {
             .pio
             .insert(serial, COM1_PORT_BASE, COM1_PORT_LEN)
             .map_err(|err| MachineError::Device(err.to_string()))?;
-        let i8042 = I8042::new(EventFdTrigger::new(clone_evt(reset_evt)?));
+        let kbd_irq = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
+            .map_err(|err| MachineError::Device(format!("eventfd: {err}")))?;
+        vm.fd()
+            .register_irqfd(&kbd_irq, I8042_KBD_IRQ)
+            .map_err(|err| MachineError::Device(format!("i8042 irqfd: {err}")))?;
+        let i8042 = I8042::new(
+            EventFdTrigger::new(clone_evt(reset_evt)?),
+            Some(EventFdTrigger::new(kbd_irq)),
+        );
         buses
             .pio
             .insert(Arc::new(Mutex::new(i8042)), I8042_PORT_BASE, I8042_PORT_LEN)

@@ -200,6 +200,6 @@ pub fn configure_vcpu(
 
 /// Legacy devices of a PC: their port I/O windows and interrupt lines.
 pub mod legacy {
-    pub use brique_devices::i8042::{I8042_PORT_BASE, I8042_PORT_LEN};
+    pub use brique_devices::i8042::{I8042_KBD_IRQ, I8042_PORT_BASE, I8042_PORT_LEN};
     pub use brique_devices::serial::{COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
 }
