@@ -71,3 +71,21 @@ fn guest_kernel_panic_ends_brique_with_an_error_and_a_message() {
         "{case:#?}"
     );
 }
+
+#[test]
+fn stdin_reaches_the_guest_console() {
+    if skip_e2e() {
+        return;
+    }
+    // The guest runs a shell on its console; brique's stdin is a pipe.
+    let run = run_in_test_host(
+        r#"
+        printf 'echo STDIN_SUM_$((40+2))\nreboot -f\n' > /tmp/typed
+        BRIQUE_STDIN=/tmp/typed boot_case stdin 1 128 "$GUEST_VMLINUX" "$DEFAULT_ARGS brique_action=shell"
+        "#,
+        &[],
+    );
+    let case = run.case("stdin");
+    assert!(case.console_has("STDIN_SUM_42"), "{case:#?}");
+    assert_eq!(case.exit, 0, "{case:#?}");
+}

@@ -2,6 +2,7 @@
 # `boot_case NAME VCPUS MEM_MIB KERNEL BOOT_ARGS [EXTRA_JSON]` boots a guest
 # with brique (initramfs from $GUEST_INITRAMFS), prints its console between
 # markers, and ends with the line `BRIQUE_CASE NAME exit=STATUS`.
+# brique's stdin is $BRIQUE_STDIN (piped, so that it is pollable) or nothing.
 
 DEFAULT_ARGS="console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
 
@@ -18,8 +19,21 @@ boot_case() {
 }
 JSON
     echo "BRIQUE_CASE_BEGIN $name"
-    "$BRIQUE" --config-file "/tmp/$name.json" < /dev/null > "/tmp/$name.out" 2> "/tmp/$name.err"
-    status=$?
+    if [ -n "${BRIQUE_STDIN:-}" ]; then
+        # A FIFO kept open until brique ends; typed once the guest is up.
+        rm -f "/tmp/$name.in" && mkfifo "/tmp/$name.in"
+        "$BRIQUE" --config-file "/tmp/$name.json" < "/tmp/$name.in" > "/tmp/$name.out" 2> "/tmp/$name.err" &
+        pid=$!
+        exec 3> "/tmp/$name.in"
+        sleep 5
+        cat "$BRIQUE_STDIN" >&3
+        wait "$pid"
+        status=$?
+        exec 3>&-
+    else
+        "$BRIQUE" --config-file "/tmp/$name.json" < /dev/null > "/tmp/$name.out" 2> "/tmp/$name.err"
+        status=$?
+    fi
     sed "s/^/[$name] /" "/tmp/$name.out"
     sed "s/^/[$name:stderr] /" "/tmp/$name.err"
     echo "BRIQUE_CASE $name exit=$status"

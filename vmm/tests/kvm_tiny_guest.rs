@@ -113,6 +113,16 @@ fn every_vcpu_is_stopped_when_the_guest_resets() {
 }
 
 #[test]
+fn thirty_two_vcpus_boot_and_stop() {
+    if !kvm_available() {
+        return;
+    }
+    let (reason, output) = run(32, &print_then_reset(b"32\n"));
+    assert_eq!(output, "32\n");
+    assert_eq!(reason, ExitReason::GuestReset);
+}
+
+#[test]
 fn kernel_panic_on_the_console_ends_with_an_error() {
     if !kvm_available() {
         return;
