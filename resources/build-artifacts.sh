@@ -26,8 +26,11 @@ candidate_version() {
     apt-cache policy "$1" | awk '/Candidate:/ {print $2}'
 }
 
-hash_of() {
-    cat "$@" | sha256sum | cut -c1-16
+# Cache key: a hash of the given strings and of the named build function's
+# own text, so that changing how an artifact is built rebuilds it.
+cache_key() {
+    local build_function="$1"; shift
+    { printf '%s\n' "$@"; sed -n "/^$build_function()/,/^}/p" "$0"; } | sha256sum | cut -c1-16
 }
 
 # Downloads a Debian package into $2 and unpacks it there; echoes nothing.
@@ -57,10 +60,8 @@ if [ -z "$linux_source_version" ] || [ "$linux_source_version" = "(none)" ]; the
     apt-get update -q >&2
     linux_source_version="$(candidate_version linux-source-6.1)"
 fi
-kernel_key="$(
-    { echo "$linux_source_version"; cat "$here/guest-configs/x86_64-microvm.config";
-      sed -n '/^build_guest_kernel()/,/^}/p' "$0"; } | sha256sum | cut -c1-16
-)"
+kernel_key="$(cache_key build_guest_kernel "$linux_source_version" \
+    "$(cat "$here/guest-configs/x86_64-microvm.config")")"
 guest_kernel_dir="$cache/guest-kernel-$kernel_key"
 
 build_guest_kernel() {
@@ -97,11 +98,8 @@ build_into "$guest_kernel_dir" build_guest_kernel
 
 # ------------------------------------------------------ guest userland images
 busybox_version="$(dpkg-query -W -f='${Version}' busybox-static)"
-userland_key="$(
-    { echo "$busybox_version"; cat "$here/guest-init/init";
-      sed -n '/^populate_userland()/,/^}/p;/^build_userland()/,/^}/p' "$0"; } \
-        | sha256sum | cut -c1-16
-)"
+userland_key="$(cache_key build_userland "$busybox_version" "$(cat "$here/guest-init/init")" \
+    "$(sed -n '/^populate_userland()/,/^}/p' "$0")")"
 userland_dir="$cache/guest-userland-$userland_key"
 
 # Fills folder $1 with a busybox userland whose init is guest-init/init.
@@ -136,10 +134,8 @@ build_into "$userland_dir" build_userland
 testhost_image_pkg="$(apt-cache depends linux-image-cloud-amd64 \
     | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')"
 [ -n "$testhost_image_pkg" ] || { log "cannot resolve linux-image-cloud-amd64"; exit 1; }
-testhost_key="$(
-    { echo "$testhost_image_pkg $(candidate_version "$testhost_image_pkg")";
-      sed -n '/^build_testhost_kernel()/,/^}/p' "$0"; } | sha256sum | cut -c1-16
-)"
+testhost_key="$(cache_key build_testhost_kernel \
+    "$testhost_image_pkg $(candidate_version "$testhost_image_pkg")")"
 testhost_dir="$cache/testhost-kernel-$testhost_key"
 
 build_testhost_kernel() {

@@ -10,6 +10,7 @@ pub mod arch;
 pub mod config;
 pub mod console;
 pub mod event_loop;
+mod legacy;
 pub mod machine;
 pub mod vcpu;
 pub mod vm;

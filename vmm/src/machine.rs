@@ -5,6 +5,7 @@ use crate::arch;
 use crate::config::{ConfigError, HostLimits, VmConfig};
 use crate::console::ConsoleInput;
 use crate::event_loop::{EventLoop, EventLoopError, GuestSignal, GuestSignalWatcher, Subscriber};
+use crate::legacy;
 use crate::vcpu::{self, IoBuses, Vcpu, VcpuStop};
 use crate::vm::{Vm, VmError};
 use brique_devices::serial::{ConsoleOutput, GuestPanicReport, PanicWatcher, SerialConsole};
@@ -169,7 +170,7 @@ fn eventfd() -> Result<EventFd, MachineError> {
     EventFd::new(EFD_NONBLOCK).map_err(|err| MachineError::Device(format!("eventfd: {err}")))
 }
 
-fn clone_evt(evt: &EventFd) -> Result<EventFd, MachineError> {
+pub(crate) fn clone_evt(evt: &EventFd) -> Result<EventFd, MachineError> {
     evt.try_clone()
         .map_err(|err| MachineError::Device(format!("eventfd: {err}")))
 }
@@ -381,69 +382,4 @@ fn spawn_vcpu(
             }
         })
         .map_err(MachineError::Thread)
-}
-
-/// Legacy devices on x86_64: COM1 and the i8042 reset line on port I/O.
-#[cfg(target_arch = "x86_64")]
-mod legacy {
-    use super::{clone_evt, MachineError};
-    use crate::arch::legacy::*;
-    use crate::vcpu::IoBuses;
-    use crate::vm::Vm;
-    use brique_devices::i8042::I8042;
-    use brique_devices::serial::SerialConsole;
-    use brique_devices::EventFdTrigger;
-    use std::sync::{Arc, Mutex};
-    use vmm_sys_util::eventfd::EventFd;
-
-    pub(super) fn attach(
-        vm: &Vm,
-        buses: &mut IoBuses,
-        serial: Arc<Mutex<SerialConsole>>,
-        serial_irq: &EventFd,
-        reset_evt: &EventFd,
-    ) -> Result<(), MachineError> {
-        vm.fd()
-            .register_irqfd(serial_irq, COM1_IRQ)
-            .map_err(|err| MachineError::Device(format!("serial irqfd: {err}")))?;
-        buses
-            .pio
-            .insert(serial, COM1_PORT_BASE, COM1_PORT_LEN)
-            .map_err(|err| MachineError::Device(err.to_string()))?;
-        let kbd_irq = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
-            .map_err(|err| MachineError::Device(format!("eventfd: {err}")))?;
-        vm.fd()
-            .register_irqfd(&kbd_irq, I8042_KBD_IRQ)
-            .map_err(|err| MachineError::Device(format!("i8042 irqfd: {err}")))?;
-        let i8042 = I8042::new(
-            EventFdTrigger::new(clone_evt(reset_evt)?),
-            Some(EventFdTrigger::new(kbd_irq)),
-        );
-        buses
-            .pio
-            .insert(Arc::new(Mutex::new(i8042)), I8042_PORT_BASE, I8042_PORT_LEN)
-            .map_err(|err| MachineError::Device(err.to_string()))?;
-        Ok(())
-    }
-}
-
-/// Legacy devices on aarch64 come with aarch64 boot (PL011/16550 on MMIO).
-#[cfg(not(target_arch = "x86_64"))]
-mod legacy {
-    use super::MachineError;
-    use crate::vcpu::IoBuses;
-    use crate::vm::Vm;
-    use brique_devices::serial::SerialConsole;
-    use std::sync::{Arc, Mutex};
-    use vmm_sys_util::eventfd::EventFd;
-
-    pub(super) fn attach(
-        _vm: &Vm,
-        _buses: &mut IoBuses,
-        _serial: Arc<Mutex<SerialConsole>>,
-        _serial_irq: &EventFd,
-        _reset_evt: &EventFd,
-    ) -> Result<(), MachineError> {
-        Err(MachineError::Unsupported("aarch64 legacy devices"))
-    }
 }
