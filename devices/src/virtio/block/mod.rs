@@ -1,0 +1,237 @@
+//! virtio-blk: a guest disk backed by a host file.
+
+pub mod disk;
+pub mod request;
+
+pub use disk::{CacheMode, Disk};
+
+use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR,
+};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Descriptors per queue.
+pub const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+/// Data segments per request: the queue minus header and status.
+const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Largest discard / write-zeroes range, in sectors.
+const MAX_DEALLOCATE_SECTORS: u32 = u32::MAX / 512;
+/// Configuration space length (through write_zeroes_may_unmap).
+const CONFIG_LEN: usize = 60;
+
+/// Counters of one block device.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BlockCounters {
+    /// Requests completed OK.
+    pub completed: u64,
+    /// Requests completed with an error status.
+    pub failed: u64,
+    /// Chains that could not even be answered (no status byte).
+    pub dropped: u64,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    notify: EventFd,
+    interrupt: Arc<Interrupt>,
+}
+
+/// A virtio-blk device.
+pub struct Block {
+    disk: Disk,
+    acked_features: u64,
+    config: [u8; CONFIG_LEN],
+    active: Option<Active>,
+    activate_evt: EventFd,
+    counters: BlockCounters,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("disk", &self.disk)
+            .field("active", &self.active.is_some())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Block {
+    /// A device over `disk`.
+    pub fn new(disk: Disk) -> std::io::Result<Self> {
+        let mut config = [0u8; CONFIG_LEN];
+        config[0..8].copy_from_slice(&disk.capacity_sectors().to_le_bytes());
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        config[20..24].copy_from_slice(&512u32.to_le_bytes()); // blk_size
+        config[32] = u8::from(disk.cache() == CacheMode::Writeback);
+        config[36..40].copy_from_slice(&MAX_DEALLOCATE_SECTORS.to_le_bytes());
+        config[40..44].copy_from_slice(&1u32.to_le_bytes()); // max_discard_seg
+        config[44..48].copy_from_slice(&8u32.to_le_bytes()); // discard alignment: 4 KiB
+        config[48..52].copy_from_slice(&MAX_DEALLOCATE_SECTORS.to_le_bytes());
+        config[52..56].copy_from_slice(&1u32.to_le_bytes()); // max_write_zeroes_seg
+        config[56] = 1; // write_zeroes_may_unmap
+        Ok(Self {
+            disk,
+            acked_features: 0,
+            config,
+            active: None,
+            activate_evt: EventFd::new(EFD_NONBLOCK)?,
+            counters: BlockCounters::default(),
+        })
+    }
+
+    /// Request counters.
+    pub fn counters(&self) -> BlockCounters {
+        self.counters
+    }
+
+    /// Serves every available request, then interrupts the guest if it
+    /// asked to be told.
+    pub fn process_queue(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let capacity = self.disk.capacity_sectors();
+        let max_descriptors = usize::from(active.queue.size());
+        let mut served = false;
+        while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+            let head = chain.head_index();
+            let used_len = match request::parse(chain, &active.mem, capacity, max_descriptors) {
+                Ok(req) => {
+                    let done = self.disk.execute(&req, &active.mem);
+                    let reported = active.mem.write_obj(done.status, req.status).is_ok();
+                    if done.status == 0 && reported {
+                        self.counters.completed += 1;
+                    } else {
+                        self.counters.failed += 1;
+                    }
+                    done.written.saturating_add(1)
+                }
+                Err((err, Some(status))) => {
+                    log::debug!("virtio-blk: bad request: {err}");
+                    self.counters.failed += 1;
+                    match active.mem.write_obj(VIRTIO_BLK_S_IOERR as u8, status) {
+                        Ok(()) => 1,
+                        Err(_) => 0,
+                    }
+                }
+                Err((err, None)) => {
+                    log::debug!("virtio-blk: unanswerable request: {err}");
+                    self.counters.dropped += 1;
+                    0
+                }
+            };
+            if let Err(err) = active.queue.add_used(&active.mem, head, used_len) {
+                log::warn!("virtio-blk: cannot return a used buffer: {err:?}");
+            }
+            served = true;
+        }
+        if served && active.queue.needs_notification(&active.mem).unwrap_or(true) {
+            active.interrupt.signal_used_queue();
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn offered_features(&self) -> u64 {
+        let mut features = 1 << VIRTIO_BLK_F_SEG_MAX;
+        if self.disk.read_only() {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            features |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
+        }
+        if self.disk.cache() == CacheMode::Writeback {
+            features |= 1 << VIRTIO_BLK_F_FLUSH;
+        }
+        features | super::VIRTIO_F_VERSION_1
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "virtio-blk: ignored {}-byte config write at {offset}",
+            data.len()
+        );
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        let got = queues.len();
+        let Some(ActiveQueue { queue, notify }) = queues.into_iter().next().filter(|_| got == 1)
+        else {
+            return Err(ActivateError::QueueCount { expected: 1, got });
+        };
+        self.active = Some(Active {
+            mem,
+            queue,
+            notify,
+            interrupt,
+        });
+        self.activate_evt.write(1).map_err(ActivateError::EventFd)
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.acked_features = 0;
+    }
+}
+
+impl MutEventSubscriber for Block {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(err) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
+            log::error!("virtio-blk: cannot watch activation: {err:?}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.fd() == self.activate_evt.as_raw_fd() {
+            let _ = self.activate_evt.read();
+            if let Some(active) = &self.active {
+                // Already watched after a reset and re-activation: fine.
+                let _ = ops.add(Events::new(&active.notify, EventSet::IN));
+            }
+            // Requests the driver queued before we watched the queue.
+            self.process_queue();
+            return;
+        }
+        if let Some(active) = &self.active {
+            if events.fd() == active.notify.as_raw_fd() {
+                let _ = active.notify.read();
+                self.process_queue();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+//! Virtio devices and their transport: the device-side contract
+//! ([`VirtioDevice`]), the interrupt a device raises, and the virtio-mmio
+//! transport ([`mmio::MmioTransport`]) that exposes a device to the guest.
+
+pub mod block;
+pub mod mmio;
+
+use crate::EventFdTrigger;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// VIRTIO_F_VERSION_1: a modern (virtio 1.x) device. Every brique device
+/// offers it and requires the driver to accept it.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+
+/// Interrupt status bit: a used buffer was returned.
+pub const INT_USED_RING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
+/// Interrupt status bit: the configuration changed.
+pub const INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
+
+/// A device's interrupt line: the InterruptStatus register it shares with
+/// its transport, and the irqfd that raises the guest interrupt.
+#[derive(Debug)]
+pub struct Interrupt {
+    status: AtomicU32,
+    irq: EventFdTrigger,
+}
+
+impl Interrupt {
+    /// An interrupt raised through `irq`.
+    pub fn new(irq: EventFdTrigger) -> Arc<Self> {
+        Arc::new(Self {
+            status: AtomicU32::new(0),
+            irq,
+        })
+    }
+
+    fn raise(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::AcqRel);
+        if let Err(err) = vm_superio::Trigger::trigger(&self.irq) {
+            log::error!("virtio: cannot raise interrupt: {err}");
+        }
+    }
+
+    /// Signals used buffers.
+    pub fn signal_used_queue(&self) {
+        self.raise(INT_USED_RING);
+    }
+
+    /// Signals a configuration change.
+    pub fn signal_config_change(&self) {
+        self.raise(INT_CONFIG);
+    }
+
+    /// The InterruptStatus register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::Acquire)
+    }
+
+    /// InterruptACK: clears the acknowledged bits.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::AcqRel);
+    }
+
+    /// Clears everything (device reset).
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::Release);
+    }
+}
+
+/// A queue handed to a device at activation, with the eventfd the guest's
+/// notifications for it arrive on.
+#[derive(Debug)]
+pub struct ActiveQueue {
+    /// The queue, configured by the driver.
+    pub queue: Queue,
+    /// Written when the driver notifies the queue.
+    pub notify: EventFd,
+}
+
+/// Errors activating a device.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver set up a different number of queues than the device has.
+    #[error("expected {expected} queues, got {got}")]
+    QueueCount { expected: usize, got: usize },
+    /// A queue's setup is not usable.
+    #[error("invalid queue: {0}")]
+    InvalidQueue(String),
+    /// An eventfd operation failed.
+    #[error("eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// The device side of a virtio device, independent of its transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device id (2 for block, 1 for net).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each of the device's queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features the device offers.
+    fn offered_features(&self) -> u64;
+    /// Features the driver accepted (a subset of the offered ones).
+    fn set_acked_features(&mut self, features: u64);
+    /// Reads the device configuration space at `offset`.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device configuration space at `offset`.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device with the driver's queues.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError>;
+    /// Stops the device and forgets the queues (driver reset).
+    fn reset(&mut self);
+}
+
+/// Copies the bytes of `config` at `offset` into `data`; bytes past the end
+/// read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(available) = config.get(start..) {
+        let n = available.len().min(data.len());
+        data[..n].copy_from_slice(&available[..n]);
+    }
+}
+
+#[cfg(test)]
+mod mmio_tests;
