@@ -12,7 +12,7 @@
 #   --timeout SECS  kill the test host after SECS (default 900); exit 124
 #   --log FILE      also keep the console in FILE
 #
-# Inside the test host (a busybox userland, root, /dev/kvm present):
+# Inside the test host (a busybox userland plus debugfs, root, /dev/kvm):
 #   /brique/bin/brique            target/release/brique (libraries in /lib*)
 #   /brique/artifacts/vmlinux     guest kernel (ELF); also bzImage,
 #                    initramfs.cpio.gz, rootfs.ext4 (build-artifacts.sh)
@@ -68,6 +68,7 @@ for applet in $(/bin/busybox --list); do
 done
 cp "$TESTHOST_MODULES"/*.ko "$stage/lib/modules/"
 copy_with_libs "$brique_bin" /brique/bin/brique
+copy_with_libs "$(command -v debugfs)" /bin/debugfs
 cp "$GUEST_VMLINUX" "$GUEST_BZIMAGE" "$GUEST_INITRAMFS" "$GUEST_ROOTFS" "$stage/brique/artifacts/"
 if [ -n "$with_dir" ]; then cp -a "$with_dir/." "$stage/brique/with/"; fi
 if [ "$with_qemu" = 1 ]; then

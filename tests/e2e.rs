@@ -19,7 +19,7 @@ fn boots_to_init_with_one_and_two_vcpus_and_reboot_ends_brique_cleanly() {
     );
     let one = run.case("one_vcpu");
     assert!(one.console_has("BRIQUE_GUEST_INIT_OK cpus=1 "), "{one:#?}");
-    assert!(one.console_has("BRIQUE_GUEST_REBOOTING"), "{one:#?}");
+    assert!(one.console_line("BRIQUE_GUEST_REBOOTING"), "{one:#?}");
     assert_eq!(one.exit, 0, "guest reboot ends brique with 0: {one:#?}");
 
     let two = run.case("two_vcpus");
@@ -62,7 +62,7 @@ fn guest_kernel_panic_ends_brique_with_an_error_and_a_message() {
         &[],
     );
     let case = run.case("panic");
-    assert!(case.console_has("BRIQUE_GUEST_PANICKING"), "{case:#?}");
+    assert!(case.console_line("BRIQUE_GUEST_PANICKING"), "{case:#?}");
     assert_eq!(case.exit, 1, "{case:#?}");
     assert!(
         case.stderr
@@ -86,6 +86,6 @@ fn stdin_reaches_the_guest_console() {
         &[],
     );
     let case = run.case("stdin");
-    assert!(case.console_has("STDIN_SUM_42"), "{case:#?}");
+    assert!(case.console_line("STDIN_SUM_42"), "{case:#?}");
     assert_eq!(case.exit, 0, "{case:#?}");
 }

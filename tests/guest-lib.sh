@@ -3,16 +3,19 @@
 # with brique (initramfs from $GUEST_INITRAMFS), prints its console between
 # markers, and ends with the line `BRIQUE_CASE NAME exit=STATUS`.
 # brique's stdin is $BRIQUE_STDIN (piped, so that it is pollable) or nothing.
+# BRIQUE_INITRD=none boots without an initramfs (root from a drive).
 
 DEFAULT_ARGS="console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
 
 boot_case() {
     name="$1" vcpus="$2" mem="$3" kernel="$4" args="$5" extra="${6:-}"
+    initrd_line="\"initrd_path\": \"${BRIQUE_INITRD:-$GUEST_INITRAMFS}\","
+    [ "${BRIQUE_INITRD:-}" = none ] && initrd_line=""
     cat > "/tmp/$name.json" <<JSON
 {
   "boot-source": {
     "kernel_image_path": "$kernel",
-    "initrd_path": "$GUEST_INITRAMFS",
+    $initrd_line
     "boot_args": "$args"
   },
   "machine-config": {"vcpu_count": $vcpus, "mem_size_mib": $mem}$extra

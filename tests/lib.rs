@@ -31,6 +31,12 @@ pub struct Case {
 }
 
 impl Case {
+    /// Whether some console line is exactly `text` (what the guest printed,
+    /// not the kernel echoing its command line).
+    pub fn console_line(&self, text: &str) -> bool {
+        self.console.iter().any(|line| line.trim() == text)
+    }
+
     /// Whether some console line contains `text`.
     pub fn console_has(&self, text: &str) -> bool {
         self.console.iter().any(|line| line.contains(text))

@@ -13,6 +13,7 @@ pub mod event_loop;
 mod legacy;
 pub mod machine;
 pub mod vcpu;
+pub mod virtio_devices;
 pub mod vm;
 
 pub use config::VmConfig;

@@ -7,6 +7,7 @@ use crate::console::ConsoleInput;
 use crate::event_loop::{EventLoop, EventLoopError, GuestSignal, GuestSignalWatcher, Subscriber};
 use crate::legacy;
 use crate::vcpu::{self, IoBuses, Vcpu, VcpuStop};
+use crate::virtio_devices::{attach_drives, VirtioSetupError, VirtioSlots};
 use crate::vm::{Vm, VmError};
 use brique_devices::serial::{ConsoleOutput, GuestPanicReport, PanicWatcher, SerialConsole};
 use brique_devices::EventFdTrigger;
@@ -53,6 +54,9 @@ pub enum MachineError {
     /// The device event loop failed to start.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
+    /// A virtio device could not be attached.
+    #[error(transparent)]
+    Virtio(#[from] VirtioSetupError),
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
@@ -188,9 +192,6 @@ impl Machine {
         if matches!(payload, Payload::Linux) {
             config.validate(&HostLimits::of_this_host())?;
         }
-        if !config.drives.is_empty() {
-            return Err(MachineError::Unsupported("drives (virtio-blk)"));
-        }
         if !config.network_interfaces.is_empty() {
             return Err(MachineError::Unsupported("network interfaces (virtio-net)"));
         }
@@ -221,11 +222,30 @@ impl Machine {
         )));
         let mut buses = IoBuses::default();
         legacy::attach(&vm, &mut buses, serial.clone(), &serial_irq, &reset_evt)?;
+
+        // virtio devices, announced on the kernel command line.
+        let mut cmdline = linux_loader::cmdline::Cmdline::new(arch::CMDLINE_CAPACITY)
+            .map_err(MachineError::Cmdline)?;
+        if let Some(boot) = &config.boot_source {
+            cmdline
+                .insert_str(boot.boot_args.as_deref().unwrap_or(arch::DEFAULT_BOOT_ARGS))
+                .map_err(MachineError::Cmdline)?;
+        }
+        let mut subscribers: Vec<Subscriber> = Vec::new();
+        let mut slots = VirtioSlots::new();
+        attach_drives(
+            &vm,
+            &config.drives,
+            &mut slots,
+            &mut buses.mmio,
+            &mut cmdline,
+            &mut subscribers,
+        )?;
         let buses = Arc::new(buses);
 
         // Guest payload and vCPU state.
         let entry = match payload {
-            Payload::Linux => Self::load_linux(&vm, config)?,
+            Payload::Linux => Self::load_linux(&vm, config, &cmdline)?,
             #[cfg(target_arch = "x86_64")]
             Payload::BareCode(code) => arch::load_bare_code(vm.memory(), code)?,
             #[cfg(not(target_arch = "x86_64"))]
@@ -243,11 +263,11 @@ impl Machine {
         }
 
         // The device event loop: console input and guest signals.
-        let mut subscribers: Vec<Subscriber> = vec![Arc::new(Mutex::new(GuestSignalWatcher::new(
+        subscribers.push(Arc::new(Mutex::new(GuestSignalWatcher::new(
             reset_evt,
             panic_evt,
             guest_signals,
-        )))];
+        ))));
         if let Some(input) = console.input {
             subscribers.push(Arc::new(Mutex::new(ConsoleInput::new(
                 input,
@@ -285,23 +305,22 @@ impl Machine {
         })
     }
 
-    fn load_linux(vm: &Vm, config: &VmConfig) -> Result<arch::BootEntry, MachineError> {
+    fn load_linux(
+        vm: &Vm,
+        config: &VmConfig,
+        cmdline: &linux_loader::cmdline::Cmdline,
+    ) -> Result<arch::BootEntry, MachineError> {
         let boot = config
             .boot_source
             .as_ref()
             .ok_or(ConfigError::NoBootSource)?;
-        let mut cmdline = linux_loader::cmdline::Cmdline::new(arch::CMDLINE_CAPACITY)
-            .map_err(MachineError::Cmdline)?;
-        cmdline
-            .insert_str(boot.boot_args.as_deref().unwrap_or(arch::DEFAULT_BOOT_ARGS))
-            .map_err(MachineError::Cmdline)?;
         let mut kernel = open(&boot.kernel_image_path)?;
         let mut initrd = boot.initrd_path.as_deref().map(open).transpose()?;
         Ok(arch::load_guest(
             vm.memory(),
             &mut kernel,
             initrd.as_mut(),
-            &cmdline,
+            cmdline,
             config.machine_config.vcpu_count,
         )?)
     }

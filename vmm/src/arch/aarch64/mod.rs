@@ -10,6 +10,8 @@ use vm_memory::GuestMemoryMmap;
 pub const DRAM_START: u64 = 0x8000_0000;
 /// Where virtio-mmio device windows are placed.
 pub const MMIO_DEVICES_START: u64 = 0x4000_0000;
+/// GIC SPI lines for virtio devices.
+pub const VIRTIO_IRQS: std::ops::RangeInclusive<u32> = 32..=95;
 /// Largest guest memory: up to a 1 TiB guest physical space.
 pub const MAX_GUEST_MEM_MIB: usize = (1 << 20) - (DRAM_START >> 20) as usize;
 /// Kernel command line when the configuration gives none.

@@ -16,6 +16,10 @@ use vm_memory::GuestMemoryMmap;
 
 pub use layout::{ram_ranges, MAX_GUEST_MEM_MIB, MMIO_DEVICES_START};
 
+/// IOAPIC lines for virtio devices: above the legacy ISA ones in use
+/// (timer 0, keyboard 1, cascade 2, COM1 4), up to the last IOAPIC pin.
+pub const VIRTIO_IRQS: std::ops::RangeInclusive<u32> = 5..=23;
+
 /// Kernel command line when the configuration gives none.
 pub const DEFAULT_BOOT_ARGS: &str =
     "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";

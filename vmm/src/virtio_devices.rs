@@ -1,0 +1,167 @@
+//! Wiring virtio devices into a VM: each gets an MMIO window and an
+//! interrupt line, its queue notifications become KVM ioeventfds, its
+//! interrupt a KVM irqfd, and the guest learns of it from the kernel
+//! command line (`virtio_mmio.device=4K@0xADDR:IRQ`).
+
+use crate::arch;
+use crate::config::{CacheType, DriveConfig};
+use crate::event_loop::Subscriber;
+use crate::vm::Vm;
+use brique_devices::bus::Bus;
+use brique_devices::virtio::block::{Block, CacheMode, Disk};
+use brique_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use brique_devices::virtio::Interrupt;
+use brique_devices::EventFdTrigger;
+use kvm_ioctls::IoEventAddress;
+use linux_loader::cmdline::Cmdline;
+use std::sync::{Arc, Mutex};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Errors attaching virtio devices.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioSetupError {
+    /// The drive's backing file cannot be opened.
+    #[error("drive {id}: cannot open {path}: {source}")]
+    OpenDrive {
+        id: String,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// No interrupt line or MMIO window is left.
+    #[error("too many virtio devices (at most {0})")]
+    TooManyDevices(usize),
+    /// A KVM registration failed.
+    #[error("{what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    /// Device setup failed.
+    #[error("{0}")]
+    Device(String),
+    /// The command line is full.
+    #[error("kernel command line: {0}")]
+    Cmdline(linux_loader::cmdline::Error),
+}
+
+/// Hands out MMIO windows and interrupt lines to virtio devices.
+#[derive(Debug)]
+pub struct VirtioSlots {
+    next: usize,
+}
+
+impl VirtioSlots {
+    /// Slots from the start of the architecture's device area.
+    pub fn new() -> Self {
+        Self { next: 0 }
+    }
+
+    fn take(&mut self) -> Result<(u64, u32), VirtioSetupError> {
+        let count = arch::VIRTIO_IRQS.count();
+        let irq = arch::VIRTIO_IRQS
+            .clone()
+            .nth(self.next)
+            .ok_or(VirtioSetupError::TooManyDevices(count))?;
+        let base = arch::MMIO_DEVICES_START + self.next as u64 * MMIO_WINDOW_SIZE;
+        self.next += 1;
+        Ok((base, irq))
+    }
+}
+
+impl Default for VirtioSlots {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Opens every drive (root device first, so it is /dev/vda), attaches it,
+/// and puts `root=` on the command line.
+pub fn attach_drives(
+    vm: &Vm,
+    drives: &[DriveConfig],
+    slots: &mut VirtioSlots,
+    mmio: &mut Bus,
+    cmdline: &mut Cmdline,
+    subscribers: &mut Vec<Subscriber>,
+) -> Result<(), VirtioSetupError> {
+    let mut ordered: Vec<&DriveConfig> = drives.iter().filter(|d| d.is_root_device).collect();
+    ordered.extend(drives.iter().filter(|d| !d.is_root_device));
+    for drive in ordered {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!drive.is_read_only)
+            .open(&drive.path_on_host)
+            .map_err(|source| VirtioSetupError::OpenDrive {
+                id: drive.drive_id.clone(),
+                path: drive.path_on_host.clone(),
+                source,
+            })?;
+        let cache = match drive.cache_type {
+            CacheType::Unsafe => CacheMode::Unsafe,
+            CacheType::Writeback => CacheMode::Writeback,
+        };
+        let disk =
+            Disk::new(file, drive.is_read_only, cache, &drive.drive_id).map_err(|source| {
+                VirtioSetupError::OpenDrive {
+                    id: drive.drive_id.clone(),
+                    path: drive.path_on_host.clone(),
+                    source,
+                }
+            })?;
+        let block = Arc::new(Mutex::new(
+            Block::new(disk).map_err(|err| VirtioSetupError::Device(err.to_string()))?,
+        ));
+        attach(vm, block.clone(), block, slots, mmio, cmdline, subscribers)?;
+        if drive.is_root_device {
+            let root = match &drive.partuuid {
+                Some(partuuid) => format!("root=PARTUUID={partuuid}"),
+                None => "root=/dev/vda".to_owned(),
+            };
+            let mode = if drive.is_read_only { "ro" } else { "rw" };
+            cmdline
+                .insert_str(format!("{root} {mode}"))
+                .map_err(VirtioSetupError::Cmdline)?;
+        }
+    }
+    Ok(())
+}
+
+/// Attaches one virtio device: `device` and `subscriber` are the same
+/// object seen as a device and as an event loop subscriber.
+fn attach(
+    vm: &Vm,
+    device: brique_devices::virtio::mmio::SharedDevice,
+    subscriber: Subscriber,
+    slots: &mut VirtioSlots,
+    mmio: &mut Bus,
+    cmdline: &mut Cmdline,
+    subscribers: &mut Vec<Subscriber>,
+) -> Result<(), VirtioSetupError> {
+    let (base, irq) = slots.take()?;
+    let kvm = |what| move |source| VirtioSetupError::Kvm { what, source };
+    let irq_evt =
+        EventFd::new(EFD_NONBLOCK).map_err(|err| VirtioSetupError::Device(err.to_string()))?;
+    vm.fd()
+        .register_irqfd(&irq_evt, irq)
+        .map_err(kvm("virtio irqfd"))?;
+    let interrupt = Interrupt::new(EventFdTrigger::new(irq_evt));
+    let transport = MmioTransport::new(device, vm.memory().clone(), interrupt)
+        .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
+    for (index, evt) in transport.queue_evts().iter().enumerate() {
+        vm.fd()
+            .register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                index as u32,
+            )
+            .map_err(kvm("virtio ioeventfd"))?;
+    }
+    mmio.insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)
+        .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
+    cmdline
+        .add_virtio_mmio_device(MMIO_WINDOW_SIZE, GuestAddress(base), irq, None)
+        .map_err(VirtioSetupError::Cmdline)?;
+    subscribers.push(subscriber);
+    Ok(())
+}
