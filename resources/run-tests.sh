@@ -3,7 +3,8 @@
 # then runs every check and test brique has:
 #   formatting and clippy, unit tests, /dev/kvm tests with tiny guests,
 #   end-to-end tests booting real Linux guests in the nested-KVM test host,
-#   and the aarch64 cross-build (Debian's rustc-web with the arm64 std).
+#   the aarch64 cross-build (Debian's rustc-web with the arm64 std), and a
+#   short fuzzing run of the virtio-blk request parser.
 # Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -45,3 +46,8 @@ RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/cross \
 
 step "tests: unit, /dev/kvm tiny guests, end-to-end in the test host"
 cargo test --workspace
+
+step "fuzzing: virtio-blk request parsing, briefly (cargo-fuzz, libFuzzer)"
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+(cd fuzz && cargo fuzz run --sanitizer none virtio_blk_request -- \
+    -max_total_time="${BRIQUE_FUZZ_SECONDS:-30}")

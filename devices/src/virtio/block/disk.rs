@@ -81,6 +81,14 @@ impl Disk {
         })
     }
 
+    /// A second handle on the backing file, for checks from tests.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn file_for_checks(&self) -> File {
+        self.file
+            .try_clone()
+            .unwrap_or_else(|_| File::open("/dev/null").expect("/dev/null"))
+    }
+
     /// Size in 512-byte sectors.
     pub fn capacity_sectors(&self) -> u64 {
         self.capacity_sectors
