@@ -4,16 +4,18 @@
 use brique_tests::{run_in_test_host, skip_e2e};
 
 #[test]
-fn guest_writes_to_its_root_disk_and_the_host_reads_them_back() {
+fn guest_writes_to_its_root_disk_and_the_host_reads_them_back_with_two_drives() {
     if skip_e2e() {
         return;
     }
     let run = run_in_test_host(
         r#"
         cp "$GUEST_ROOTFS" /tmp/root.ext4
-        BRIQUE_INITRD=none boot_case rootfs 1 128 "$GUEST_VMLINUX" \
-          "$DEFAULT_ARGS"' brique_run=\"mount | grep ext4; echo written-by-the-guest > /root/hello.txt; sync\"' \
-          ', "drives": [{"drive_id": "rootfs", "path_on_host": "/tmp/root.ext4", "is_root_device": true, "is_read_only": false}]'
+        dd if=/dev/zero of=/tmp/second.img bs=1M count=2 2>/dev/null
+        BRIQUE_INITRD=none boot_case rootfs 2 128 "$GUEST_VMLINUX" \
+          "$DEFAULT_ARGS"' brique_run=\"mount | grep ext4; echo second=$(cat /sys/block/vdb/serial):$(cat /sys/block/vdb/size); echo written-by-the-guest > /root/hello.txt; sync\"' \
+          ', "drives": [{"drive_id": "second", "path_on_host": "/tmp/second.img", "is_root_device": false, "is_read_only": true},
+                        {"drive_id": "rootfs", "path_on_host": "/tmp/root.ext4", "is_root_device": true, "is_read_only": false}]'
         debugfs -R 'cat /root/hello.txt' /tmp/root.ext4 2>/dev/null | sed 's/^/HOST_READ: /'
         "#,
         &[],
