@@ -45,9 +45,15 @@ RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/cross \
     cargo build --target aarch64-unknown-linux-gnu --workspace --all-targets
 
 step "tests: unit, /dev/kvm tiny guests, end-to-end in the test host"
-cargo test --workspace
+test_log="$(mktemp)"
+trap 'rm -f "$test_log"' EXIT
+cargo test --workspace 2>&1 | tee "$test_log"
 
 step "fuzzing: virtio-blk request parsing, briefly (cargo-fuzz, libFuzzer)"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 (cd fuzz && cargo fuzz run --sanitizer none virtio_blk_request -- \
     -max_total_time="${BRIQUE_FUZZ_SECONDS:-30}")
+
+# One closing line for the whole run.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "\ntests: %d passed, %d failed\n", p, f }' "$test_log"
