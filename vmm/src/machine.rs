@@ -7,7 +7,9 @@ use crate::console::ConsoleInput;
 use crate::event_loop::{EventLoop, EventLoopError, GuestSignal, GuestSignalWatcher, Subscriber};
 use crate::legacy;
 use crate::vcpu::{self, IoBuses, Vcpu, VcpuStop};
-use crate::virtio_devices::{attach_drives, VirtioSetupError, VirtioSlots};
+use crate::virtio_devices::{
+    attach_drives, attach_network_interfaces, VirtioSetupError, VirtioSlots,
+};
 use crate::vm::{Vm, VmError};
 use brique_devices::serial::{ConsoleOutput, GuestPanicReport, PanicWatcher, SerialConsole};
 use brique_devices::EventFdTrigger;
@@ -192,9 +194,6 @@ impl Machine {
         if matches!(payload, Payload::Linux) {
             config.validate(&HostLimits::of_this_host())?;
         }
-        if !config.network_interfaces.is_empty() {
-            return Err(MachineError::Unsupported("network interfaces (virtio-net)"));
-        }
         vcpu::install_kick_handler()
             .map_err(|err| MachineError::Device(format!("vCPU kick signal: {err}")))?;
 
@@ -236,6 +235,14 @@ impl Machine {
         attach_drives(
             &vm,
             &config.drives,
+            &mut slots,
+            &mut buses.mmio,
+            &mut cmdline,
+            &mut subscribers,
+        )?;
+        attach_network_interfaces(
+            &vm,
+            &config.network_interfaces,
             &mut slots,
             &mut buses.mmio,
             &mut cmdline,

@@ -4,12 +4,14 @@
 //! command line (`virtio_mmio.device=4K@0xADDR:IRQ`).
 
 use crate::arch;
-use crate::config::{CacheType, DriveConfig};
+use crate::config::{parse_mac, CacheType, DriveConfig, NetworkInterfaceConfig};
 use crate::event_loop::Subscriber;
 use crate::vm::Vm;
 use brique_devices::bus::Bus;
 use brique_devices::virtio::block::{Block, CacheMode, Disk};
 use brique_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use brique_devices::virtio::net::tap::{Tap, TapError};
+use brique_devices::virtio::net::Net;
 use brique_devices::virtio::Interrupt;
 use brique_devices::EventFdTrigger;
 use kvm_ioctls::IoEventAddress;
@@ -28,6 +30,12 @@ pub enum VirtioSetupError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// The interface's tap cannot be used.
+    #[error("network interface {id}: {source}")]
+    Tap { id: String, source: TapError },
+    /// The interface's MAC address is malformed.
+    #[error("network interface {id}: {detail}")]
+    Mac { id: String, detail: String },
     /// No interrupt line or MMIO window is left.
     #[error("too many virtio devices (at most {0})")]
     TooManyDevices(usize),
@@ -123,6 +131,38 @@ pub fn attach_drives(
                 .insert_str(format!("{root} {mode}"))
                 .map_err(VirtioSetupError::Cmdline)?;
         }
+    }
+    Ok(())
+}
+
+/// Opens every interface's tap (before the guest runs, so that a missing or
+/// busy tap is a clear error) and attaches a virtio-net device for it.
+pub fn attach_network_interfaces(
+    vm: &Vm,
+    interfaces: &[NetworkInterfaceConfig],
+    slots: &mut VirtioSlots,
+    mmio: &mut Bus,
+    cmdline: &mut Cmdline,
+    subscribers: &mut Vec<Subscriber>,
+) -> Result<(), VirtioSetupError> {
+    for iface in interfaces {
+        let mac = iface
+            .guest_mac
+            .as_deref()
+            .map(parse_mac)
+            .transpose()
+            .map_err(|err| VirtioSetupError::Mac {
+                id: iface.iface_id.clone(),
+                detail: err.to_string(),
+            })?;
+        let tap = Tap::open(&iface.host_dev_name).map_err(|source| VirtioSetupError::Tap {
+            id: iface.iface_id.clone(),
+            source,
+        })?;
+        let net = Arc::new(Mutex::new(
+            Net::new(tap, mac).map_err(|err| VirtioSetupError::Device(err.to_string()))?,
+        ));
+        attach(vm, net.clone(), net, slots, mmio, cmdline, subscribers)?;
     }
     Ok(())
 }

@@ -1,0 +1,422 @@
+//! virtio-net over a host tap: one RX and one TX queue, MAC and link status
+//! in config space, checksum/TSO offloads negotiated with the guest and set
+//! on the tap, mergeable RX buffers. Event-driven: the tap is watched only
+//! while the guest has RX buffers; without them RX pauses (one frame held)
+//! and resumes on the guest's RX notification, so memory stays bounded.
+
+pub mod tap;
+
+use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use tap::{Tap, VNET_HDR_LEN};
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::*;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Descriptors per queue.
+pub const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
+/// Largest frame with its header: 64 KiB (GSO) plus Ethernet and VLAN headers.
+pub const MAX_FRAME_LEN: usize = VNET_HDR_LEN + 65536 + 14 + 4;
+/// Offset of num_buffers in the virtio-net header.
+const NUM_BUFFERS_OFFSET: usize = 10;
+
+/// Counters of one interface.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NetCounters {
+    /// Frames delivered to the guest.
+    pub rx_packets: u64,
+    /// Bytes delivered to the guest (headers included).
+    pub rx_bytes: u64,
+    /// Frames from the tap the guest had no room for, or bad RX buffers.
+    pub rx_dropped: u64,
+    /// Frames sent to the tap.
+    pub tx_packets: u64,
+    /// Bytes sent to the tap (headers included).
+    pub tx_bytes: u64,
+    /// Guest frames dropped: too large, too short, bad addresses, wrong direction.
+    pub tx_dropped: u64,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    rx_evt: EventFd,
+    tx: Queue,
+    tx_evt: EventFd,
+    interrupt: Arc<Interrupt>,
+}
+
+/// A virtio-net device.
+pub struct Net {
+    tap: Tap,
+    mac: Option<[u8; 6]>,
+    acked_features: u64,
+    config: [u8; 10],
+    active: Option<Active>,
+    activate_evt: EventFd,
+    tap_watched: bool,
+    rx_frame: Vec<u8>,
+    rx_pending: usize,
+    tx_frame: Vec<u8>,
+    counters: NetCounters,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("tap", &self.tap.name())
+            .field("active", &self.active.is_some())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Net {
+    /// A device over `tap`, with `mac` (the guest picks one when `None`).
+    pub fn new(tap: Tap, mac: Option<[u8; 6]>) -> io::Result<Self> {
+        let mut config = [0u8; 10];
+        config[..6].copy_from_slice(&mac.unwrap_or_default());
+        config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        Ok(Self {
+            tap,
+            mac,
+            acked_features: 0,
+            config,
+            active: None,
+            activate_evt: EventFd::new(EFD_NONBLOCK)?,
+            tap_watched: false,
+            rx_frame: vec![0; MAX_FRAME_LEN],
+            rx_pending: 0,
+            tx_frame: Vec::with_capacity(MAX_FRAME_LEN),
+            counters: NetCounters::default(),
+        })
+    }
+
+    /// Traffic counters.
+    pub fn counters(&self) -> NetCounters {
+        self.counters
+    }
+
+    fn acked(&self, feature: u32) -> bool {
+        self.acked_features & (1 << feature) != 0
+    }
+
+    /// Sends every frame the guest queued on TX to the tap.
+    pub fn process_tx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mut sent_any = false;
+        while let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) {
+            let head = chain.head_index();
+            self.tx_frame.clear();
+            let mut valid = true;
+            for desc in chain {
+                let len = desc.len() as usize;
+                let fits = self.tx_frame.len() + len <= MAX_FRAME_LEN;
+                if desc.is_write_only() || !fits || !active.mem.check_range(desc.addr(), len) {
+                    valid = false;
+                    break;
+                }
+                let start = self.tx_frame.len();
+                self.tx_frame.resize(start + len, 0);
+                if active
+                    .mem
+                    .read_slice(&mut self.tx_frame[start..], desc.addr())
+                    .is_err()
+                {
+                    valid = false;
+                    break;
+                }
+            }
+            if valid && self.tx_frame.len() > VNET_HDR_LEN {
+                match self.tap.write_frame(&self.tx_frame) {
+                    Ok(_) => {
+                        self.counters.tx_packets += 1;
+                        self.counters.tx_bytes += self.tx_frame.len() as u64;
+                    }
+                    Err(err) => {
+                        log::debug!("virtio-net: tap write failed: {err}");
+                        self.counters.tx_dropped += 1;
+                    }
+                }
+            } else {
+                self.counters.tx_dropped += 1;
+            }
+            if let Err(err) = active.tx.add_used(&active.mem, head, 0) {
+                log::warn!("virtio-net: cannot return a TX buffer: {err:?}");
+            }
+            sent_any = true;
+        }
+        if sent_any && active.tx.needs_notification(&active.mem).unwrap_or(true) {
+            active.interrupt.signal_used_queue();
+        }
+    }
+
+    /// Moves frames from the tap to the guest until the tap is empty or the
+    /// guest has no more RX buffers (then the tap is no longer watched).
+    fn process_rx(&mut self, ops: &mut EventOps) {
+        let mut delivered_any = false;
+        loop {
+            if self.rx_pending == 0 {
+                match self.tap.read_frame(&mut self.rx_frame) {
+                    Ok(n) if n > VNET_HDR_LEN => self.rx_pending = n,
+                    Ok(_) => continue,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) => {
+                        log::warn!("virtio-net: tap read failed: {err}");
+                        break;
+                    }
+                }
+            }
+            match self.deliver_pending() {
+                Delivery::Done => {
+                    delivered_any = true;
+                    self.rx_pending = 0;
+                }
+                Delivery::Dropped => self.rx_pending = 0,
+                Delivery::NoBuffers => {
+                    if self.tap_watched {
+                        let _ = ops.remove(Events::new(&self.tap, EventSet::IN));
+                        self.tap_watched = false;
+                    }
+                    break;
+                }
+            }
+        }
+        if let Some(active) = self.active.as_mut() {
+            if delivered_any && active.rx.needs_notification(&active.mem).unwrap_or(true) {
+                active.interrupt.signal_used_queue();
+            }
+        }
+    }
+
+    /// Writes the pending frame into one chain (or several with mergeable
+    /// RX buffers).
+    fn deliver_pending(&mut self) -> Delivery {
+        let mergeable = self.acked(VIRTIO_NET_F_MRG_RXBUF);
+        let Some(active) = self.active.as_mut() else {
+            return Delivery::NoBuffers;
+        };
+        let len = self.rx_pending;
+        // Phase 1: reserve chains whose writable buffers hold the frame.
+        let mut chains: Vec<(u16, Vec<(GuestAddress, usize)>)> = Vec::new();
+        let mut broken: Vec<u16> = Vec::new();
+        let mut room = 0usize;
+        let first_avail = active.rx.next_avail();
+        while room < len {
+            let Some(chain) = active.rx.pop_descriptor_chain(&active.mem) else {
+                // Give every popped chain back; the frame waits for more.
+                active.rx.set_next_avail(first_avail);
+                return Delivery::NoBuffers;
+            };
+            let head = chain.head_index();
+            let mut buffers = Vec::new();
+            let mut bad = false;
+            for desc in chain {
+                let dlen = desc.len() as usize;
+                if !desc.is_write_only() || !active.mem.check_range(desc.addr(), dlen) {
+                    bad = true;
+                    break;
+                }
+                buffers.push((desc.addr(), dlen));
+            }
+            if bad || buffers.is_empty() {
+                // A broken buffer is returned unused (once the frame is placed).
+                broken.push(head);
+                continue;
+            }
+            room += buffers.iter().map(|(_, l)| l).sum::<usize>();
+            chains.push((head, buffers));
+            if !mergeable && room < len {
+                // Without mergeable buffers a frame must fit one chain.
+                self.counters.rx_dropped += 1 + broken.len() as u64;
+                for head in chains.iter().map(|(head, _)| *head).chain(broken) {
+                    let _ = active.rx.add_used(&active.mem, head, 0);
+                }
+                return Delivery::Dropped;
+            }
+        }
+        self.counters.rx_dropped += broken.len() as u64;
+        for head in broken {
+            let _ = active.rx.add_used(&active.mem, head, 0);
+        }
+        // Phase 2: num_buffers, then copy.
+        let num_buffers = chains.len() as u16;
+        self.rx_frame[NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2]
+            .copy_from_slice(&num_buffers.to_le_bytes());
+        let mut offset = 0usize;
+        for (head, buffers) in &chains {
+            let mut chain_len = 0usize;
+            for (addr, blen) in buffers {
+                if offset >= len {
+                    break;
+                }
+                let n = (*blen).min(len - offset);
+                if active
+                    .mem
+                    .write_slice(&self.rx_frame[offset..offset + n], *addr)
+                    .is_err()
+                {
+                    break;
+                }
+                offset += n;
+                chain_len += n;
+            }
+            let _ = active.rx.add_used(&active.mem, *head, chain_len as u32);
+        }
+        self.counters.rx_packets += 1;
+        self.counters.rx_bytes += len as u64;
+        Delivery::Done
+    }
+
+    fn watch_tap(&mut self, ops: &mut EventOps) {
+        if !self.tap_watched {
+            match ops.add(Events::new(&self.tap, EventSet::IN)) {
+                Ok(()) => self.tap_watched = true,
+                Err(err) => log::error!("virtio-net: cannot watch the tap: {err:?}"),
+            }
+        }
+    }
+}
+
+enum Delivery {
+    Done,
+    Dropped,
+    NoBuffers,
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn offered_features(&self) -> u64 {
+        let mut features: u64 = [
+            VIRTIO_NET_F_CSUM,
+            VIRTIO_NET_F_GUEST_CSUM,
+            VIRTIO_NET_F_GUEST_TSO4,
+            VIRTIO_NET_F_GUEST_TSO6,
+            VIRTIO_NET_F_GUEST_ECN,
+            VIRTIO_NET_F_HOST_TSO4,
+            VIRTIO_NET_F_HOST_TSO6,
+            VIRTIO_NET_F_HOST_ECN,
+            VIRTIO_NET_F_MRG_RXBUF,
+            VIRTIO_NET_F_STATUS,
+        ]
+        .iter()
+        .fold(0, |acc, bit| acc | (1u64 << bit));
+        if self.mac.is_some() {
+            features |= 1 << VIRTIO_NET_F_MAC;
+        }
+        features | super::VIRTIO_F_VERSION_1
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features;
+        let mut offload = 0;
+        if self.acked(VIRTIO_NET_F_GUEST_CSUM) {
+            offload |= libc::TUN_F_CSUM;
+            if self.acked(VIRTIO_NET_F_GUEST_TSO4) {
+                offload |= libc::TUN_F_TSO4;
+            }
+            if self.acked(VIRTIO_NET_F_GUEST_TSO6) {
+                offload |= libc::TUN_F_TSO6;
+            }
+            if self.acked(VIRTIO_NET_F_GUEST_ECN) {
+                offload |= libc::TUN_F_TSO_ECN;
+            }
+        }
+        if let Err(err) = self.tap.set_offload(offload) {
+            log::error!("virtio-net: {err}");
+        }
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "virtio-net: ignored {}-byte config write at {offset}",
+            data.len()
+        );
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        let got = queues.len();
+        let mut queues = queues.into_iter();
+        let (Some(rx), Some(tx), None) = (queues.next(), queues.next(), queues.next()) else {
+            return Err(ActivateError::QueueCount { expected: 2, got });
+        };
+        self.active = Some(Active {
+            mem,
+            rx: rx.queue,
+            rx_evt: rx.notify,
+            tx: tx.queue,
+            tx_evt: tx.notify,
+            interrupt,
+        });
+        self.activate_evt.write(1).map_err(ActivateError::EventFd)
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.acked_features = 0;
+        self.rx_pending = 0;
+    }
+}
+
+impl MutEventSubscriber for Net {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(err) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
+            log::error!("virtio-net: cannot watch activation: {err:?}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.activate_evt.as_raw_fd() {
+            let _ = self.activate_evt.read();
+            if let Some(active) = &self.active {
+                let _ = ops.add(Events::new(&active.rx_evt, EventSet::IN));
+                let _ = ops.add(Events::new(&active.tx_evt, EventSet::IN));
+            }
+            self.watch_tap(ops);
+            self.process_tx();
+            self.process_rx(ops);
+            return;
+        }
+        if fd == self.tap.as_raw_fd() {
+            self.process_rx(ops);
+            return;
+        }
+        let Some(active) = &self.active else { return };
+        if fd == active.rx_evt.as_raw_fd() {
+            let _ = active.rx_evt.read();
+            // New RX buffers: deliver what waits, and listen to the tap again.
+            self.watch_tap(ops);
+            self.process_rx(ops);
+        } else if fd == active.tx_evt.as_raw_fd() {
+            let _ = active.tx_evt.read();
+            self.process_tx();
+        }
+    }
+}

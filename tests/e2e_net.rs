@@ -1,0 +1,79 @@
+//! End-to-end virtio-net: a guest on two taps in the test host, pinging
+//! both ways and moving 64 MiB each direction over TCP with checksums.
+
+use brique_tests::{run_in_test_host, skip_e2e};
+
+/// What the guest runs (kernel command line, so: no double quotes).
+const GUEST: &str = "ip addr add 172.16.0.2/24 dev eth0; ip link set eth0 up; \
+ip addr add 172.16.1.2/24 dev eth1; ip link set eth1 up; \
+ping -c 2 -W 5 172.16.0.1 >/dev/null && echo PING_G2H_OK; \
+ping -c 2 -W 5 172.16.1.1 >/dev/null && echo PING_ETH1_OK; \
+echo GUEST_H2G_SHA $(wget -q -O - http://172.16.0.1:8080/h2g | sha256sum); \
+mkdir -p /tmp/www; dd if=/dev/urandom of=/tmp/www/g2h bs=1M count=64 2>/dev/null; \
+echo GUEST_G2H_SHA $(sha256sum /tmp/www/g2h); httpd -p 8080 -h /tmp/www; echo GUEST_READY";
+
+#[test]
+fn guest_on_two_taps_pings_and_moves_64_mib_each_way() {
+    if skip_e2e() {
+        return;
+    }
+    let script = r#"
+        for i in 0 1; do
+            tunctl -t tap$i >/dev/null
+            ip addr add 172.16.$i.1/24 dev tap$i
+            ip link set tap$i up
+        done
+        mkdir -p /tmp/www
+        dd if=/dev/urandom of=/tmp/www/h2g bs=1M count=64 2>/dev/null
+        echo "HOST_H2G_SHA $(sha256sum /tmp/www/h2g)"
+        httpd -p 172.16.0.1:8080 -h /tmp/www
+        cat > /tmp/net.json <<JSON
+{
+  "boot-source": {"kernel_image_path": "$GUEST_VMLINUX", "initrd_path": "$GUEST_INITRAMFS",
+                  "boot_args": "$DEFAULT_ARGS brique_action=hold brique_run=\"$(cat guest.sh)\""},
+  "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+  "network-interfaces": [
+    {"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"},
+    {"iface_id": "eth1", "host_dev_name": "tap1"}
+  ]
+}
+JSON
+        "$BRIQUE" --config-file /tmp/net.json < /dev/null > /tmp/net.out 2>&1 &
+        pid=$!
+        for i in $(seq 1 300); do
+            grep -q '^GUEST_READY' /tmp/net.out && break
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 1
+        done
+        ping -c 2 -W 5 172.16.0.2 >/dev/null && echo PING_H2G_OK
+        echo "HOST_G2H_SHA $(wget -q -O - http://172.16.0.2:8080/g2h | sha256sum)"
+        cat /sys/class/net/tap0/address /sys/class/net/tap1/address >/dev/null
+        kill "$pid"
+        tr -d '\r' < /tmp/net.out | grep -E '^(PING|GUEST_)' | sed 's/^/[guest] /'
+        grep -q '^GUEST_READY' /tmp/net.out || tail -40 /tmp/net.out
+        "#;
+    let run = run_in_test_host(script, &[("guest.sh", GUEST.as_bytes())]);
+    let console = &run.console;
+    for line in console
+        .lines()
+        .filter(|l| l.contains("SHA") || l.contains("PING"))
+    {
+        eprintln!("{line}");
+    }
+    let sha = |prefix: &str| -> String {
+        console
+            .lines()
+            .find_map(|line| line.trim_start_matches("[guest] ").strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {prefix} line:\n{console}"))
+            .to_owned()
+    };
+    for marker in ["[guest] PING_G2H_OK", "[guest] PING_ETH1_OK", "PING_H2G_OK"] {
+        assert!(console.contains(marker), "{marker} missing:\n{console}");
+    }
+    let host_h2g = sha("HOST_H2G_SHA ");
+    assert_eq!(host_h2g.len(), 64);
+    assert_eq!(sha("GUEST_H2G_SHA "), host_h2g, "host -> guest 64 MiB");
+    let guest_g2h = sha("GUEST_G2H_SHA ");
+    assert_eq!(sha("HOST_G2H_SHA "), guest_g2h, "guest -> host 64 MiB");
+}
