@@ -46,6 +46,10 @@ JSON
             sleep 1
         done
         ping -c 2 -W 5 172.16.0.2 >/dev/null && echo PING_H2G_OK
+        # A second VM on the same tap: refused before boot, with the reason.
+        sed 's/"tap1"/"tap0"/; s/"eth1"/"other"/' /tmp/net.json > /tmp/busy.json
+        "$BRIQUE" --config-file /tmp/busy.json < /dev/null > /dev/null 2> /tmp/busy.err
+        echo "BUSY_EXIT=$? $(cat /tmp/busy.err)"
         echo "HOST_G2H_SHA $(wget -q -O - http://172.16.0.2:8080/g2h | sha256sum)"
         cat /sys/class/net/tap0/address /sys/class/net/tap1/address >/dev/null
         kill "$pid"
@@ -56,7 +60,7 @@ JSON
     let console = &run.console;
     for line in console
         .lines()
-        .filter(|l| l.contains("SHA") || l.contains("PING"))
+        .filter(|l| l.contains("SHA") || l.contains("PING") || l.contains("BUSY"))
     {
         eprintln!("{line}");
     }
@@ -71,6 +75,12 @@ JSON
     for marker in ["[guest] PING_G2H_OK", "[guest] PING_ETH1_OK", "PING_H2G_OK"] {
         assert!(console.contains(marker), "{marker} missing:\n{console}");
     }
+    let busy = console
+        .lines()
+        .find(|l| l.starts_with("BUSY_EXIT="))
+        .unwrap_or_else(|| panic!("no BUSY_EXIT line:\n{console}"));
+    assert!(busy.starts_with("BUSY_EXIT=2 brique: "), "{busy}");
+    assert!(busy.contains("tap0") && busy.contains("busy"), "{busy}");
     let host_h2g = sha("HOST_H2G_SHA ");
     assert_eq!(host_h2g.len(), 64);
     assert_eq!(sha("GUEST_H2G_SHA "), host_h2g, "host -> guest 64 MiB");

@@ -160,7 +160,8 @@ pub fn attach_network_interfaces(
             source,
         })?;
         let net = Arc::new(Mutex::new(
-            Net::new(tap, mac).map_err(|err| VirtioSetupError::Device(err.to_string()))?,
+            Net::new(Box::new(tap), mac)
+                .map_err(|err| VirtioSetupError::Device(err.to_string()))?,
         ));
         attach(vm, net.clone(), net, slots, mmio, cmdline, subscribers)?;
     }

@@ -27,6 +27,41 @@ pub const MAX_FRAME_LEN: usize = VNET_HDR_LEN + 65536 + 14 + 4;
 /// Offset of num_buffers in the virtio-net header.
 const NUM_BUFFERS_OFFSET: usize = 10;
 
+/// Where a virtio-net device's frames go: a tap in production, a socket
+/// pair in tests. Frames carry the 12-byte virtio-net header.
+pub trait FrameBackend: AsRawFd + Send {
+    /// Reads one frame; `WouldBlock` when none is queued.
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes one frame.
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize>;
+    /// Applies the offloads (TUN_F_*) the guest accepted.
+    fn set_offload(&self, flags: libc::c_uint) -> io::Result<()>;
+}
+
+impl FrameBackend for Tap {
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Tap::read_frame(self, buf)
+    }
+
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize> {
+        Tap::write_frame(self, frame)
+    }
+
+    fn set_offload(&self, flags: libc::c_uint) -> io::Result<()> {
+        Tap::set_offload(self, flags).map_err(io::Error::other)
+    }
+}
+
+/// What RX processing ended on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxState {
+    /// The backend has no more frames: keep watching it.
+    Drained,
+    /// The guest has no RX buffers: stop watching the backend until it
+    /// adds some (one frame is held meanwhile).
+    OutOfBuffers,
+}
+
 /// Counters of one interface.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct NetCounters {
@@ -55,7 +90,7 @@ struct Active {
 
 /// A virtio-net device.
 pub struct Net {
-    tap: Tap,
+    tap: Box<dyn FrameBackend>,
     mac: Option<[u8; 6]>,
     acked_features: u64,
     config: [u8; 10],
@@ -71,7 +106,7 @@ pub struct Net {
 impl std::fmt::Debug for Net {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Net")
-            .field("tap", &self.tap.name())
+            .field("backend_fd", &self.tap.as_raw_fd())
             .field("active", &self.active.is_some())
             .field("counters", &self.counters)
             .finish_non_exhaustive()
@@ -79,8 +114,9 @@ impl std::fmt::Debug for Net {
 }
 
 impl Net {
-    /// A device over `tap`, with `mac` (the guest picks one when `None`).
-    pub fn new(tap: Tap, mac: Option<[u8; 6]>) -> io::Result<Self> {
+    /// A device over `tap` (any frame backend), with `mac` (the guest picks
+    /// one when `None`).
+    pub fn new(tap: Box<dyn FrameBackend>, mac: Option<[u8; 6]>) -> io::Result<Self> {
         let mut config = [0u8; 10];
         config[..6].copy_from_slice(&mac.unwrap_or_default());
         config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
@@ -161,10 +197,11 @@ impl Net {
         }
     }
 
-    /// Moves frames from the tap to the guest until the tap is empty or the
-    /// guest has no more RX buffers (then the tap is no longer watched).
-    fn process_rx(&mut self, ops: &mut EventOps) {
+    /// Moves frames from the backend to the guest until the backend is
+    /// empty or the guest has no more RX buffers.
+    pub fn process_rx(&mut self) -> RxState {
         let mut delivered_any = false;
+        let mut state = RxState::Drained;
         loop {
             if self.rx_pending == 0 {
                 match self.tap.read_frame(&mut self.rx_frame) {
@@ -172,7 +209,7 @@ impl Net {
                     Ok(_) => continue,
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                     Err(err) => {
-                        log::warn!("virtio-net: tap read failed: {err}");
+                        log::warn!("virtio-net: backend read failed: {err}");
                         break;
                     }
                 }
@@ -184,10 +221,7 @@ impl Net {
                 }
                 Delivery::Dropped => self.rx_pending = 0,
                 Delivery::NoBuffers => {
-                    if self.tap_watched {
-                        let _ = ops.remove(Events::new(&self.tap, EventSet::IN));
-                        self.tap_watched = false;
-                    }
+                    state = RxState::OutOfBuffers;
                     break;
                 }
             }
@@ -196,6 +230,22 @@ impl Net {
             if delivered_any && active.rx.needs_notification(&active.mem).unwrap_or(true) {
                 active.interrupt.signal_used_queue();
             }
+        }
+        state
+    }
+
+    /// Runs RX and watches the backend only while the guest has buffers.
+    fn rx_and_watch(&mut self, ops: &mut EventOps) {
+        let want_watch = self.process_rx() == RxState::Drained;
+        let events = Events::new_raw(self.tap.as_raw_fd(), EventSet::IN);
+        if want_watch && !self.tap_watched {
+            match ops.add(events) {
+                Ok(()) => self.tap_watched = true,
+                Err(err) => log::error!("virtio-net: cannot watch the backend: {err:?}"),
+            }
+        } else if !want_watch && self.tap_watched {
+            let _ = ops.remove(events);
+            self.tap_watched = false;
         }
     }
 
@@ -278,13 +328,9 @@ impl Net {
         Delivery::Done
     }
 
-    fn watch_tap(&mut self, ops: &mut EventOps) {
-        if !self.tap_watched {
-            match ops.add(Events::new(&self.tap, EventSet::IN)) {
-                Ok(()) => self.tap_watched = true,
-                Err(err) => log::error!("virtio-net: cannot watch the tap: {err:?}"),
-            }
-        }
+    /// Whether the backend is being watched (false while RX is paused).
+    pub fn rx_paused(&self) -> bool {
+        !self.tap_watched
     }
 }
 
@@ -340,7 +386,7 @@ impl VirtioDevice for Net {
             }
         }
         if let Err(err) = self.tap.set_offload(offload) {
-            log::error!("virtio-net: {err}");
+            log::error!("virtio-net: cannot set offloads {offload:#x}: {err}");
         }
     }
 
@@ -399,24 +445,25 @@ impl MutEventSubscriber for Net {
                 let _ = ops.add(Events::new(&active.rx_evt, EventSet::IN));
                 let _ = ops.add(Events::new(&active.tx_evt, EventSet::IN));
             }
-            self.watch_tap(ops);
             self.process_tx();
-            self.process_rx(ops);
+            self.rx_and_watch(ops);
             return;
         }
         if fd == self.tap.as_raw_fd() {
-            self.process_rx(ops);
+            self.rx_and_watch(ops);
             return;
         }
         let Some(active) = &self.active else { return };
         if fd == active.rx_evt.as_raw_fd() {
             let _ = active.rx_evt.read();
-            // New RX buffers: deliver what waits, and listen to the tap again.
-            self.watch_tap(ops);
-            self.process_rx(ops);
+            // New RX buffers: deliver what waits, and listen again.
+            self.rx_and_watch(ops);
         } else if fd == active.tx_evt.as_raw_fd() {
             let _ = active.tx_evt.read();
             self.process_tx();
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

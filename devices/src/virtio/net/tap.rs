@@ -137,6 +137,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_tap_in_use_is_busy_and_says_so() {
+        let name = format!("brqt{}", std::process::id() % 100_000);
+        let first = match Tap::open(&name) {
+            Ok(tap) => tap,
+            Err(err) => {
+                eprintln!("\n*** SKIPPED: cannot create taps here ({err}) ***\n");
+                return;
+            }
+        };
+        assert_eq!(first.name(), name);
+        match Tap::open(&name) {
+            Err(TapError::Attach { source, .. }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::EBUSY));
+            }
+            other => panic!("second attach must be refused as busy: {other:?}"),
+        }
+    }
+
+    #[test]
     fn bad_names_are_refused_before_any_syscall() {
         for name in ["", "a-name-longer-than-15", "nul\0"] {
             assert!(

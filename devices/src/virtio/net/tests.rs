@@ -1,0 +1,291 @@
+//! virtio-net against mock queues and a datagram socket pair standing in
+//! for the tap: frames both ways, mergeable RX buffers, RX back-off, and
+//! hostile TX chains dropped and counted.
+
+use super::*;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+
+const MEM_SIZE: usize = 0x40_0000;
+const RX_RING: u64 = 0x1_0000;
+const TX_RING: u64 = 0x2_0000;
+const BUFFERS: u64 = 0x10_0000;
+const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+
+/// One end of a SOCK_DGRAM socket pair: frame boundaries are kept.
+struct SocketBackend(OwnedFd);
+
+impl AsRawFd for SocketBackend {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: receives into a buffer we own, at most its length.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+fn send(fd: RawFd, frame: &[u8]) -> io::Result<usize> {
+    // SAFETY: sends from a live buffer.
+    let n = unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), libc::MSG_DONTWAIT) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+impl FrameBackend for SocketBackend {
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        recv(self.as_raw_fd(), buf)
+    }
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize> {
+        send(self.as_raw_fd(), frame)
+    }
+    fn set_offload(&self, _flags: libc::c_uint) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Fixture {
+    mem: GuestMemoryMmap,
+    peer: OwnedFd,
+    net: Net,
+    interrupt: Arc<Interrupt>,
+}
+
+fn fixture(mergeable: bool) -> Fixture {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair fills the two-element array.
+    let ret = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(ret, 0);
+    // Room for many 64 KiB frames in the socket.
+    for fd in fds {
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: setsockopt reads one int.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&size as *const libc::c_int).cast(),
+                4,
+            );
+        }
+    }
+    // SAFETY: both descriptors are fresh and owned from here on.
+    let (ours, peer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let mut net = Net::new(Box::new(SocketBackend(ours)), Some([6, 0, 0, 0, 0, 1])).unwrap();
+    let mut features = super::super::VIRTIO_F_VERSION_1;
+    if mergeable {
+        features |= 1 << VIRTIO_NET_F_MRG_RXBUF;
+    }
+    net.set_acked_features(features);
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    let interrupt = Interrupt::new(crate::EventFdTrigger::new(irq));
+    Fixture {
+        mem,
+        peer,
+        net,
+        interrupt,
+    }
+}
+
+fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+}
+
+impl Fixture {
+    /// Activates with RX chains `rx` and TX chains `tx` (descriptor lists);
+    /// the mock queues live on `mem`, a handle on the fixture's memory.
+    fn activate<'m>(
+        &mut self,
+        mem: &'m GuestMemoryMmap,
+        rx: &[RawDescriptor],
+        tx: &[RawDescriptor],
+    ) -> (
+        MockSplitQueue<'m, GuestMemoryMmap>,
+        MockSplitQueue<'m, GuestMemoryMmap>,
+    ) {
+        let rxq = MockSplitQueue::create(mem, GuestAddress(RX_RING), 64);
+        let txq = MockSplitQueue::create(mem, GuestAddress(TX_RING), 64);
+        if !rx.is_empty() {
+            rxq.add_desc_chains(rx, 0).unwrap();
+        }
+        if !tx.is_empty() {
+            txq.add_desc_chains(tx, 0).unwrap();
+        }
+        let queues = vec![
+            ActiveQueue {
+                queue: rxq.create_queue().unwrap(),
+                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
+            },
+            ActiveQueue {
+                queue: txq.create_queue().unwrap(),
+                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
+            },
+        ];
+        self.net
+            .activate(self.mem.clone(), queues, self.interrupt.clone())
+            .unwrap();
+        (rxq, txq)
+    }
+}
+
+fn frame(len: usize, fill: u8) -> Vec<u8> {
+    let mut frame = vec![fill; len];
+    frame[..VNET_HDR_LEN].fill(0);
+    frame
+}
+
+#[test]
+fn guest_frames_reach_the_backend_and_bad_ones_are_dropped() {
+    let mut f = fixture(false);
+    let mem = f.mem.clone();
+    let payload = frame(200, 0x42);
+    f.mem.write_slice(&payload, GuestAddress(BUFFERS)).unwrap();
+    let tx = [
+        // 0: a good frame in two pieces.
+        desc(BUFFERS, 12, NEXT, 1),
+        desc(BUFFERS + 12, 188, 0, 0),
+        // 2: larger than any frame.
+        desc(BUFFERS, MAX_FRAME_LEN as u32 + 1, 0, 0),
+        // 3: only a header.
+        desc(BUFFERS, 12, 0, 0),
+        // 4: outside guest memory.
+        desc(MEM_SIZE as u64 - 64, 200, 0, 0),
+        // 5: a device-writable buffer on TX.
+        desc(BUFFERS, 200, WRITE, 0),
+    ];
+    let (_rxq, txq) = f.activate(&mem, &[], &tx);
+    f.net.process_tx();
+    let mut got = vec![0u8; MAX_FRAME_LEN + 10];
+    let n = recv(f.peer.as_raw_fd(), &mut got).unwrap();
+    assert_eq!(&got[..n], &payload[..]);
+    assert!(
+        recv(f.peer.as_raw_fd(), &mut got).is_err(),
+        "nothing else sent"
+    );
+    let c = f.net.counters();
+    assert_eq!((c.tx_packets, c.tx_bytes, c.tx_dropped), (1, 200, 4));
+    assert_eq!(txq.used().idx().load(), 5, "every chain returned");
+}
+
+#[test]
+fn host_frames_reach_the_guest_with_num_buffers() {
+    let mut f = fixture(false);
+    let mem = f.mem.clone();
+    let rx = [
+        desc(BUFFERS, 12, WRITE | NEXT, 1),
+        desc(BUFFERS + 0x1000, 1514, WRITE, 0),
+    ];
+    let (rxq, _txq) = f.activate(&mem, &rx, &[]);
+    let sent = frame(300, 0x17);
+    send(f.peer.as_raw_fd(), &sent).unwrap();
+    assert_eq!(f.net.process_rx(), RxState::Drained);
+    let mut header = [0u8; 12];
+    f.mem
+        .read_slice(&mut header, GuestAddress(BUFFERS))
+        .unwrap();
+    assert_eq!(
+        u16::from_le_bytes([header[10], header[11]]),
+        1,
+        "num_buffers"
+    );
+    let mut body = vec![0u8; 288];
+    f.mem
+        .read_slice(&mut body, GuestAddress(BUFFERS + 0x1000))
+        .unwrap();
+    assert!(body.iter().all(|b| *b == 0x17));
+    assert_eq!(rxq.used().ring().ref_at(0).unwrap().load().len(), 300);
+    assert_eq!(f.net.counters().rx_packets, 1);
+    assert_eq!(f.interrupt.status() & crate::virtio::INT_USED_RING, 1);
+}
+
+#[test]
+fn mergeable_buffers_carry_a_large_frame_in_several_chains() {
+    let mut f = fixture(true);
+    let mem = f.mem.clone();
+    let rx: Vec<RawDescriptor> = (0..4u16)
+        .map(|i| desc(BUFFERS + u64::from(i) * 0x1000, 1500, WRITE, 0))
+        .collect();
+    let (rxq, _txq) = f.activate(&mem, &rx, &[]);
+    let sent = frame(4000, 0x99);
+    send(f.peer.as_raw_fd(), &sent).unwrap();
+    assert_eq!(f.net.process_rx(), RxState::Drained);
+    let mut header = [0u8; 12];
+    f.mem
+        .read_slice(&mut header, GuestAddress(BUFFERS))
+        .unwrap();
+    assert_eq!(u16::from_le_bytes([header[10], header[11]]), 3);
+    let lens: Vec<u32> = (0..3)
+        .map(|i| rxq.used().ring().ref_at(i).unwrap().load().len())
+        .collect();
+    assert_eq!(lens, vec![1500, 1500, 1000]);
+    assert_eq!(
+        rxq.used().idx().load(),
+        3,
+        "the fourth chain stays available"
+    );
+}
+
+#[test]
+fn rx_pauses_without_guest_buffers_and_holds_one_frame_only() {
+    let mut f = fixture(false);
+    let mem = f.mem.clone();
+    let (_rxq, _txq) = f.activate(&mem, &[], &[]);
+    for _ in 0..50 {
+        send(f.peer.as_raw_fd(), &frame(1000, 1)).unwrap();
+    }
+    assert_eq!(f.net.process_rx(), RxState::OutOfBuffers);
+    assert_eq!(f.net.rx_pending, 1000, "one frame held");
+    assert_eq!(f.net.counters().rx_packets, 0);
+    // 49 frames still wait in the backend: the device did not buffer them.
+    let mut buf = vec![0u8; 2000];
+    let mut left = 0;
+    while recv(f.net.tap.as_raw_fd(), &mut buf).is_ok() {
+        left += 1;
+    }
+    assert_eq!(left, 49);
+}
+
+#[test]
+fn frame_too_large_for_a_non_mergeable_chain_is_dropped() {
+    let mut f = fixture(false);
+    let mem = f.mem.clone();
+    let rx = [
+        desc(BUFFERS, 100, WRITE, 0),
+        desc(BUFFERS + 0x1000, 2000, WRITE, 0),
+    ];
+    let (rxq, _txq) = f.activate(&mem, &rx, &[]);
+    send(f.peer.as_raw_fd(), &frame(500, 3)).unwrap();
+    send(f.peer.as_raw_fd(), &frame(500, 4)).unwrap();
+    assert_eq!(f.net.process_rx(), RxState::Drained);
+    let c = f.net.counters();
+    assert_eq!((c.rx_dropped, c.rx_packets), (1, 1));
+    assert_eq!(rxq.used().ring().ref_at(0).unwrap().load().len(), 0);
+    assert_eq!(rxq.used().ring().ref_at(1).unwrap().load().len(), 500);
+}
+
+#[test]
+fn config_space_has_mac_and_link_up() {
+    let f = fixture(false);
+    let mut config = [0u8; 10];
+    f.net.read_config(0, &mut config);
+    assert_eq!(&config[..6], &[6, 0, 0, 0, 0, 1]);
+    assert_eq!(
+        u16::from_le_bytes([config[6], config[7]]),
+        VIRTIO_NET_S_LINK_UP as u16
+    );
+    assert_ne!(f.net.offered_features() & (1 << VIRTIO_NET_F_MAC), 0);
+    assert_ne!(f.net.offered_features() & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
+}
