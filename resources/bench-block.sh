@@ -17,5 +17,5 @@ gcc -O2 -static -o "$dir/tools/blkbench" bench/guest/blkbench.c
 cp bench/guest/block-run.sh "$dir/tools/"
 mkfs.ext4 -q -d "$dir/tools" "$dir/tools.img" 8M
 rm -rf "$dir/tools"
-cp bench/guest/block-host.sh "$dir/"
+cp bench/guest/block-host.sh bench/guest/report.sh "$dir/"
 resources/testhost.sh --with-qemu --with "$dir" -- sh block-host.sh "$runs"

@@ -34,15 +34,7 @@ for i in $(seq 1 "$runs"); do
 done
 echo
 echo "block benchmark: $runs runs each, 1 vCPU, O_DIRECT in the guest, queue depth 1, image in tmpfs"
-for metric in "seqwrite MiBps" "seqread MiBps" "randread IOPS"; do
-    set -- $metric
-    for vmm in brique qemu; do
-        grep "^$vmm BLKBENCH $1 " /tmp/results | sed "s/.*$2=//" | sort -n \
-            | awk '{v[NR]=$1} END {if (NR == 0) print "nan"; else if (NR % 2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}' \
-            > "/tmp/median.$vmm"
-    done
-    b=$(cat /tmp/median.brique) q=$(cat /tmp/median.qemu)
-    awk -v m="$1 $2" -v b="$b" -v q="$q" 'BEGIN {
-        r = (q + 0 > 0) ? sprintf("%.3f", b / q) : "n/a";
-        printf "%-16s brique %10s   qemu microvm %10s   ratio brique/qemu %s\n", m, b, q, r }'
-done
+. ./report.sh
+report seqwrite MiBps
+report seqread MiBps
+report randread IOPS
