@@ -108,8 +108,15 @@ pub trait VirtioDevice: Send {
     fn set_acked_features(&mut self, features: u64);
     /// Reads the device configuration space at `offset`.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Writes the device configuration space at `offset`.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Writes the device configuration space at `offset`. Read-only by
+    /// default (block and net configs have no driver-writable fields).
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "virtio device {}: ignored {}-byte config write at {offset}",
+            self.device_type(),
+            data.len()
+        );
+    }
     /// Starts the device with the driver's queues.
     fn activate(
         &mut self,

@@ -175,13 +175,6 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
-            "virtio-blk: ignored {}-byte config write at {offset}",
-            data.len()
-        );
-    }
-
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,

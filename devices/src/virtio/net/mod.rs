@@ -394,13 +394,6 @@ impl VirtioDevice for Net {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
-            "virtio-net: ignored {}-byte config write at {offset}",
-            data.len()
-        );
-    }
-
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
