@@ -156,3 +156,21 @@ fn api_socket_is_refused_until_the_server_exists() {
         "not available in this build",
     );
 }
+
+#[test]
+fn missing_drive_file() {
+    let dir = TempDir::new("drive");
+    let kernel = dir.file("vmlinux", "not a kernel");
+    let config = dir.file(
+        "vm.json",
+        &format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{kernel}"}},
+                "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}},
+                "drives": [{{"drive_id": "data", "path_on_host": "/nonexistent/d.img", "is_root_device": false}}]}}"#
+        ),
+    );
+    assert_config_error(
+        &brique(&["--config-file", &config]),
+        "drive data: cannot open /nonexistent/d.img",
+    );
+}

@@ -39,6 +39,13 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A drive's backing file cannot be opened.
+    #[error("drive {id}: cannot open {path}: {source}")]
+    Drive {
+        id: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// vcpu_count is out of range.
     #[error("vcpu_count must be between 1 and {MAX_VCPUS}, got {0}")]
     VcpuCount(u8),
@@ -210,6 +217,17 @@ impl VmConfig {
         if self.drives.iter().filter(|d| d.is_root_device).count() > 1 {
             return Err(ConfigError::SeveralRootDevices);
         }
+        for drive in &self.drives {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(!drive.is_read_only)
+                .open(&drive.path_on_host)
+                .map_err(|source| ConfigError::Drive {
+                    id: drive.drive_id.clone(),
+                    path: drive.path_on_host.clone(),
+                    source,
+                })?;
+        }
         check_ids(
             "network interface",
             self.network_interfaces.iter().map(|n| n.iface_id.as_str()),
@@ -362,11 +380,12 @@ mod tests {
     }
 
     fn config_json(kernel: &Path, machine: &str) -> String {
+        // The kernel file stands in for the drive's backing file too.
         format!(
             r#"{{
                 "boot-source": {{"kernel_image_path": {kernel:?}, "boot_args": "console=ttyS0"}},
                 "machine-config": {machine},
-                "drives": [{{"drive_id": "rootfs", "path_on_host": "/tmp/r.ext4",
+                "drives": [{{"drive_id": "rootfs", "path_on_host": {kernel:?},
                              "is_root_device": true, "is_read_only": false}}],
                 "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "tap0",
                                          "guest_mac": "06:00:ac:10:00:02"}}]
@@ -479,6 +498,20 @@ mod tests {
             VmConfig::default().validate(&LIMITS),
             Err(ConfigError::NoBootSource)
         ));
+    }
+
+    #[test]
+    fn missing_drive_file_is_reported_with_its_id() {
+        let kernel = kernel_file();
+        let mut config = VmConfig::from_json(&config_json(
+            &kernel.0,
+            r#"{"vcpu_count": 1, "mem_size_mib": 128}"#,
+        ))
+        .unwrap();
+        config.drives[0].path_on_host = "/nonexistent/disk.img".into();
+        let err = config.validate(&LIMITS).unwrap_err();
+        assert!(matches!(err, ConfigError::Drive { .. }), "{err}");
+        assert!(err.to_string().contains("drive rootfs"), "{err}");
     }
 
     #[test]
