@@ -87,11 +87,7 @@ fn flushed_data_survives_kill_9_of_brique() {
 JSON
         "$BRIQUE" --config-file /tmp/kill.json < /dev/null > /tmp/kill.out 2>&1 &
         pid=$!
-        for i in $(seq 1 120); do
-            grep -q '^FLUSHED_MARKER' /tmp/kill.out && break
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 1
-        done
+        wait_for_line /tmp/kill.out FLUSHED_MARKER "$pid" 120
         kill -9 "$pid"
         wait "$pid"
         echo "KILLED status=$?"

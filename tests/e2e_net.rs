@@ -40,11 +40,7 @@ fn guest_on_two_taps_pings_and_moves_64_mib_each_way() {
 JSON
         "$BRIQUE" --config-file /tmp/net.json < /dev/null > /tmp/net.out 2>&1 &
         pid=$!
-        for i in $(seq 1 300); do
-            grep -q '^GUEST_READY' /tmp/net.out && break
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 1
-        done
+        wait_for_line /tmp/net.out GUEST_READY "$pid" 300
         ping -c 2 -W 5 172.16.0.2 >/dev/null && echo PING_H2G_OK
         # A second VM on the same tap: refused before boot, with the reason.
         sed 's/"tap1"/"tap0"/; s/"eth1"/"other"/' /tmp/net.json > /tmp/busy.json

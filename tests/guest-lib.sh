@@ -41,3 +41,15 @@ JSON
     sed "s/^/[$name:stderr] /" "/tmp/$name.err"
     echo "BRIQUE_CASE $name exit=$status"
 }
+
+# wait_for_line FILE PREFIX PID SECONDS: waits until a line of FILE starts
+# with PREFIX (true), or PID exits or SECONDS pass (false).
+wait_for_line() {
+    file="$1" prefix="$2" pid="$3" seconds="$4"
+    for i in $(seq 1 "$seconds"); do
+        grep -q "^$prefix" "$file" && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 1
+    done
+    return 1
+}
