@@ -210,3 +210,48 @@ fn odd_sized_and_unaligned_register_accesses_are_harmless() {
     f.transport.write(2, &1u32.to_le_bytes());
     assert_eq!(read(&mut f.transport, VIRTIO_MMIO_STATUS), 0);
 }
+
+#[test]
+fn random_register_traffic_never_panics() {
+    let mut f = fixture("random");
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..200_000u32 {
+        if round % 1000 == 0 {
+            // Now and then, a full bring-up, so random traffic also hits an
+            // activated device and the queue registers.
+            write(&mut f.transport, VIRTIO_MMIO_STATUS, 0);
+            negotiate(&mut f.transport);
+            if round % 2000 == 0 {
+                setup_queue(&mut f.transport);
+                write(
+                    &mut f.transport,
+                    VIRTIO_MMIO_STATUS,
+                    FEATURES_OK_STATUS | VIRTIO_CONFIG_S_DRIVER_OK,
+                );
+            }
+        }
+        let offset = next() % 0x140;
+        let len = [1usize, 2, 4, 8][(next() % 4) as usize];
+        if next() % 2 == 0 {
+            let mut data = vec![0u8; len];
+            f.transport.read(offset, &mut data);
+        } else {
+            let value = next().to_le_bytes();
+            f.transport.write(offset, &value[..len]);
+        }
+    }
+    // Whatever happened, a reset brings the device back to a clean start.
+    write(&mut f.transport, VIRTIO_MMIO_STATUS, 0);
+    assert_eq!(read(&mut f.transport, VIRTIO_MMIO_STATUS), 0);
+    negotiate(&mut f.transport);
+    assert_eq!(
+        read(&mut f.transport, VIRTIO_MMIO_STATUS),
+        FEATURES_OK_STATUS
+    );
+}
