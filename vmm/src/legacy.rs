@@ -5,7 +5,7 @@
 #[cfg(target_arch = "x86_64")]
 mod x86_64 {
     use crate::arch::legacy::*;
-    use crate::machine::{clone_evt, MachineError};
+    use crate::machine::{clone_evt, eventfd, MachineError};
     use crate::vcpu::IoBuses;
     use crate::vm::Vm;
     use brique_devices::i8042::I8042;
@@ -28,8 +28,7 @@ mod x86_64 {
             .pio
             .insert(serial, COM1_PORT_BASE, COM1_PORT_LEN)
             .map_err(|err| MachineError::Device(err.to_string()))?;
-        let kbd_irq = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
-            .map_err(|err| MachineError::Device(format!("eventfd: {err}")))?;
+        let kbd_irq = eventfd()?;
         vm.fd()
             .register_irqfd(&kbd_irq, I8042_KBD_IRQ)
             .map_err(|err| MachineError::Device(format!("i8042 irqfd: {err}")))?;
