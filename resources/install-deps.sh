@@ -20,7 +20,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 packages=(
     # test host (nested KVM under QEMU's software CPU) and the QEMU microvm peer
-    qemu-system-x86 busybox-static cpio gzip
+    qemu-system-x86 busybox-static cpio gzip procps
     # guest kernel build from Debian's linux-source-6.1
     build-essential flex bison bc libelf-dev libssl-dev xz-utils
     # rootfs images and host-side checks

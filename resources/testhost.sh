@@ -106,6 +106,9 @@ ip link set lo up
 if [ -c /dev/kvm ]; then echo "BRIQUE_TESTHOST_READY kvm=yes"; else echo "BRIQUE_TESTHOST_READY kvm=no"; fi
 sh /brique/cmd.sh
 echo "BRIQUE_TESTHOST_EXIT=$?"
+# Whatever CMD left running (a VM, a server) must not hold up the power-off.
+kill -9 -1 2>/dev/null
+sleep 1
 sync
 poweroff -f
 INIT
@@ -116,6 +119,24 @@ chmod +x "$stage/init" "$stage/brique/cmd.sh"
 log="${keep_log:-$work/console.log}"
 accel="tcg"
 [ "$smp" -gt 1 ] && accel="tcg,thread=multi"
+# Once CMD has reported its status, the test host has 60 s to power off; a
+# test host that hangs on the way down must not turn a finished run into a
+# timeout. The watchdog then stops QEMU, loudly, and the reported status stands.
+: > "$log"
+(
+    grace=60
+    while sleep 1; do
+        if grep -q '^BRIQUE_TESTHOST_EXIT=' "$log" 2>/dev/null; then
+            grace=$((grace - 1))
+            [ "$grace" -gt 0 ] && continue
+            if pkill -TERM -f -- "-initrd $work/initramfs.cpio"; then
+                echo "testhost.sh: WARNING: the test host hung after CMD ended; stopped QEMU" >&2
+            fi
+            exit 0
+        fi
+    done
+) &
+watchdog=$!
 set +e
 timeout --foreground -k 10 "$timeout_secs" \
     qemu-system-x86_64 -M q35 -accel "$accel" -cpu max -m "$mem" -smp "$smp" \
@@ -125,6 +146,8 @@ timeout --foreground -k 10 "$timeout_secs" \
     -chardev stdio,id=console,signal=off -serial chardev:console \
     < /dev/null | tee "$log"
 qemu_status=${PIPESTATUS[0]}
+kill "$watchdog" 2>/dev/null
+wait "$watchdog" 2>/dev/null
 set -e
 
 if [ "$qemu_status" = 124 ]; then
