@@ -115,7 +115,17 @@ pub struct I8042 {
     pending: PendingWrite,
     reset_evt: EventFdTrigger,
     kbd_irq: Option<EventFdTrigger>,
+    /// Keyboard bytes queued by the host and not yet read: Linux reads one
+    /// byte per interrupt, so each read of one of them raises the next.
+    keyboard_bytes: usize,
 }
+
+/// Ctrl-Alt-Del pressed and released, in scan code set 1 (what the guest
+/// reads when the controller translates) and set 2 (untranslated).
+const CTRL_ALT_DEL_SET1: [u8; 8] = [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d];
+const CTRL_ALT_DEL_SET2: [u8; 11] = [
+    0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14,
+];
 
 impl I8042 {
     /// A controller that signals `reset_evt` when the guest resets the CPU
@@ -128,7 +138,23 @@ impl I8042 {
             pending: PendingWrite::None,
             reset_evt,
             kbd_irq,
+            keyboard_bytes: 0,
         }
+    }
+
+    /// Presses and releases Ctrl-Alt-Del, in the scan code set the guest
+    /// configured. False when the output buffer has no room for the whole
+    /// sequence (nothing is queued then).
+    pub fn send_ctrl_alt_del(&mut self) -> bool {
+        let codes: &[u8] = if self.ctr & ctr::TRANSLATE != 0 {
+            &CTRL_ALT_DEL_SET1
+        } else {
+            &CTRL_ALT_DEL_SET2
+        };
+        if OUTPUT_QUEUE_MAX - self.output.len() < codes.len() {
+            return false;
+        }
+        self.push_keyboard_bytes(codes) == codes.len()
     }
 
     /// Queues bytes as if the keyboard sent them (scan codes), raising the
@@ -138,6 +164,7 @@ impl I8042 {
         let taken = bytes.len().min(room);
         self.output.extend(&bytes[..taken]);
         if taken > 0 {
+            self.keyboard_bytes = self.output.len();
             self.raise_kbd_irq();
         }
         taken
@@ -246,7 +273,16 @@ impl I8042 {
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = match offset {
-            DATA_PORT => self.output.pop_front().unwrap_or(0),
+            DATA_PORT => {
+                let byte = self.output.pop_front().unwrap_or(0);
+                if self.keyboard_bytes > 0 {
+                    self.keyboard_bytes = self.keyboard_bytes.min(self.output.len());
+                    if self.keyboard_bytes > 0 {
+                        self.raise_kbd_irq();
+                    }
+                }
+                byte
+            }
             COMMAND_PORT => self.read_status(),
             _ => 0,
         };
@@ -300,6 +336,37 @@ mod tests {
         let mut byte = [0u8];
         dev.read(DATA_PORT, &mut byte);
         byte[0]
+    }
+
+    #[test]
+    fn ctrl_alt_del_is_one_interrupt_per_byte_in_the_translated_set() {
+        let mut f = fixture();
+        assert!(f.dev.send_ctrl_alt_del());
+        assert_eq!(f.irq.read().unwrap(), 1);
+        let mut got = Vec::new();
+        while status(&mut f.dev) & status::OBF != 0 {
+            got.push(data(&mut f.dev));
+            let raised = f.irq.read().is_ok();
+            assert_eq!(raised, got.len() < CTRL_ALT_DEL_SET1.len(), "after byte {}", got.len());
+        }
+        assert_eq!(got, CTRL_ALT_DEL_SET1);
+    }
+
+    #[test]
+    fn ctrl_alt_del_uses_set_2_without_translation_and_never_queues_half() {
+        let mut f = fixture();
+        f.dev.write(COMMAND_PORT, &[command::WRITE_CTR]);
+        f.dev.write(DATA_PORT, &[ctr::KBD_INT | ctr::SYS]);
+        assert!(f.dev.send_ctrl_alt_del());
+        let mut got = Vec::new();
+        while status(&mut f.dev) & status::OBF != 0 {
+            got.push(data(&mut f.dev));
+        }
+        assert_eq!(got, CTRL_ALT_DEL_SET2);
+        let filler = vec![0u8; OUTPUT_QUEUE_MAX - 4];
+        f.dev.push_keyboard_bytes(&filler);
+        assert!(!f.dev.send_ctrl_alt_del(), "no room: refused whole");
+        assert_eq!(f.dev.output.len(), filler.len());
     }
 
     #[test]

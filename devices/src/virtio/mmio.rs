@@ -156,7 +156,9 @@ impl MmioTransport {
                 .map_or(0, |q| u32::from(q.ready())),
             VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
             VIRTIO_MMIO_STATUS => self.status,
-            VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
+            VIRTIO_MMIO_CONFIG_GENERATION => self
+                .config_generation
+                .wrapping_add(lock(&self.device).config_generation()),
             _ => 0,
         }
     }

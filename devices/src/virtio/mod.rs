@@ -108,6 +108,11 @@ pub trait VirtioDevice: Send {
     fn set_acked_features(&mut self, features: u64);
     /// Reads the device configuration space at `offset`.
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Changes of the configuration space the device made on its own (a
+    /// resized disk); the transport adds them to its ConfigGeneration.
+    fn config_generation(&self) -> u32 {
+        0
+    }
     /// Writes the device configuration space at `offset`. Read-only by
     /// default (block and net configs have no driver-writable fields).
     fn write_config(&mut self, offset: u64, data: &[u8]) {

@@ -6,6 +6,7 @@ pub mod fuzzing;
 pub mod request;
 
 pub use disk::{CacheMode, Disk};
+use request::RequestType;
 
 use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -40,6 +41,12 @@ pub struct BlockCounters {
     pub failed: u64,
     /// Chains that could not even be answered (no status byte).
     pub dropped: u64,
+    /// Bytes read from the disk into the guest by successful reads.
+    pub read_bytes: u64,
+    /// Bytes written to the disk by successful writes.
+    pub write_bytes: u64,
+    /// Flush requests completed.
+    pub flushes: u64,
 }
 
 struct Active {
@@ -47,6 +54,15 @@ struct Active {
     queue: Queue,
     notify: EventFd,
     interrupt: Arc<Interrupt>,
+}
+
+/// Why a drive's backing file cannot be swapped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceDiskError {
+    /// The new disk differs in read-only or cache mode, which the guest
+    /// negotiated features for.
+    #[error("the new disk must keep the drive's read-only and cache modes")]
+    ModeChanged,
 }
 
 /// A virtio-blk device.
@@ -57,6 +73,7 @@ pub struct Block {
     active: Option<Active>,
     activate_evt: EventFd,
     counters: BlockCounters,
+    config_generation: u32,
 }
 
 impl std::fmt::Debug for Block {
@@ -90,7 +107,29 @@ impl Block {
             active: None,
             activate_evt: EventFd::new(EFD_NONBLOCK)?,
             counters: BlockCounters::default(),
+            config_generation: 0,
         })
+    }
+
+    /// Swaps the backing file at runtime (same read-only and cache modes,
+    /// which the offered features depend on). The guest sees the new
+    /// capacity through a configuration-change interrupt.
+    pub fn replace_disk(&mut self, disk: Disk) -> Result<(), ReplaceDiskError> {
+        if disk.read_only() != self.disk.read_only() || disk.cache() != self.disk.cache() {
+            return Err(ReplaceDiskError::ModeChanged);
+        }
+        self.config[0..8].copy_from_slice(&disk.capacity_sectors().to_le_bytes());
+        self.disk = disk;
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if let Some(active) = &self.active {
+            active.interrupt.signal_config_change();
+        }
+        Ok(())
+    }
+
+    /// Capacity the guest sees, in 512-byte sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.disk.capacity_sectors()
     }
 
     /// Request counters.
@@ -115,6 +154,12 @@ impl Block {
                     let reported = active.mem.write_obj(done.status, req.status).is_ok();
                     if done.status == 0 && reported {
                         self.counters.completed += 1;
+                        match req.kind {
+                            RequestType::In => self.counters.read_bytes += req.data_len,
+                            RequestType::Out => self.counters.write_bytes += req.data_len,
+                            RequestType::Flush => self.counters.flushes += 1,
+                            _ => {}
+                        }
                     } else {
                         self.counters.failed += 1;
                     }
@@ -173,6 +218,10 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.config_generation
     }
 
     fn activate(

@@ -312,3 +312,45 @@ fn config_space_reports_capacity_and_limits() {
     let mut file = std::fs::File::open(&f.path).unwrap();
     assert_eq!(file.seek(SeekFrom::End(0)).unwrap(), DISK_SECTORS * 512);
 }
+
+#[test]
+fn replacing_the_disk_updates_capacity_generation_and_interrupts() {
+    let f = Fixture::new("swap");
+    let mut block = f.device(false, CacheMode::Unsafe);
+    // Activate (one read), so that a config change has someone to tell.
+    f.header(VIRTIO_BLK_T_IN, 0);
+    let (_, status) = f.run(&mut block, &three(512, WRITE));
+    assert_eq!(u32::from(status), VIRTIO_BLK_S_OK);
+    assert_eq!(block.counters().read_bytes, 512);
+    let irq_status_before = block.active.as_ref().unwrap().interrupt.status();
+    assert_eq!(irq_status_before & crate::virtio::INT_CONFIG, 0);
+
+    let bigger = std::env::temp_dir().join(format!("brique-blk-swap2-{}", std::process::id()));
+    std::fs::File::create(&bigger)
+        .unwrap()
+        .set_len(DISK_SECTORS * 512 * 4)
+        .unwrap();
+    let open = |read_only: bool| {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(&bigger)
+            .unwrap();
+        Disk::new(file, read_only, CacheMode::Unsafe, "data-disk").unwrap()
+    };
+    assert!(matches!(
+        block.replace_disk(open(true)),
+        Err(ReplaceDiskError::ModeChanged)
+    ));
+    assert_eq!(block.capacity_sectors(), DISK_SECTORS, "refused: unchanged");
+    assert_eq!(block.config_generation(), 0);
+
+    block.replace_disk(open(false)).unwrap();
+    let mut capacity = [0u8; 8];
+    block.read_config(0, &mut capacity);
+    assert_eq!(u64::from_le_bytes(capacity), DISK_SECTORS * 4);
+    assert_eq!(block.config_generation(), 1);
+    let irq_status = block.active.as_ref().unwrap().interrupt.status();
+    assert_ne!(irq_status & crate::virtio::INT_CONFIG, 0);
+    std::fs::remove_file(&bigger).unwrap();
+}
