@@ -1,45 +1,27 @@
 //! `brique`: one process, one microVM.
 
-mod logger;
-
-use brique_vmm::{ConsoleIo, ExitReason, Machine, Payload, VmConfig};
+use brique_api::http::server::{self, Server};
+use brique_vmm::controller::{self, Controller, RequestReceiver};
+use brique_vmm::logger::LogLevel;
+use brique_vmm::{ConsoleIo, VmConfig};
 use clap::Parser;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Exit status for a bad command line or configuration, or a VM that could
 /// not be built (the guest never ran).
 const EXIT_SETUP_FAILED: u8 = 2;
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogLevel {
-    Off,
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
-}
-
-impl From<LogLevel> for log::LevelFilter {
-    fn from(level: LogLevel) -> Self {
-        match level {
-            LogLevel::Off => Self::Off,
-            LogLevel::Error => Self::Error,
-            LogLevel::Warn => Self::Warn,
-            LogLevel::Info => Self::Info,
-            LogLevel::Debug => Self::Debug,
-            LogLevel::Trace => Self::Trace,
-        }
-    }
-}
-
 /// brique: a small, fast, auditable KVM virtual machine monitor.
 ///
-/// Boots one Linux microVM. The guest's serial console is brique's stdin and
-/// stdout. Exit status: 0 when the guest rebooted or powered off, 1 when it
-/// panicked, triple-faulted or a vCPU failed, 2 when the VM could not be set up.
+/// Runs one microVM. With --config-file it boots at once; with --api-sock it
+/// serves a Firecracker-compatible REST API on that Unix socket (configure,
+/// then PUT /actions InstanceStart), and with both it boots and serves. The
+/// guest's serial console is brique's stdin and stdout. Exit status: 0 when
+/// the guest rebooted or powered off, 1 when it panicked, triple-faulted or a
+/// vCPU failed, 2 when the VM could not be set up.
 #[derive(Debug, Parser)]
 #[command(name = "brique", version, about, long_about)]
 struct Args {
@@ -48,58 +30,105 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     config_file: Option<PathBuf>,
 
-    /// Unix socket path of the REST control API.
+    /// Serve the REST control API on this Unix socket (must not exist).
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
 
-    /// Log verbosity, on stderr.
-    #[arg(long, value_enum, default_value = "warn", ignore_case = true)]
+    /// Instance id reported by GET /.
+    #[arg(long, default_value = "anonymous-instance")]
+    id: String,
+
+    /// Seconds between periodic metrics lines (once PUT /metrics set a path).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    metrics_interval: u64,
+
+    /// Log verbosity, on stderr (PUT /logger can change it).
+    #[arg(long, default_value = "warning", value_parser = parse_level)]
     log_level: LogLevel,
+}
+
+fn parse_level(text: &str) -> Result<LogLevel, String> {
+    text.parse()
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    logger::init(args.log_level.into());
-
-    if let Some(sock) = &args.api_sock {
-        eprintln!(
-            "brique: --api-sock {}: the control API server is not available in this build",
-            sock.display()
-        );
-        return ExitCode::from(EXIT_SETUP_FAILED);
-    }
-    let Some(config_path) = args.config_file else {
-        eprintln!("brique: nothing to boot: pass --config-file FILE (see --help)");
-        return ExitCode::from(EXIT_SETUP_FAILED);
-    };
-    let config = match VmConfig::from_file(&config_path) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("brique: {err}");
-            return ExitCode::from(EXIT_SETUP_FAILED);
+    brique_vmm::logger::init(args.log_level.into());
+    match run(&args) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("brique: {message}");
+            ExitCode::from(EXIT_SETUP_FAILED)
         }
-    };
+    }
+}
 
-    let terminal = brique_vmm::console::RawTerminal::enter();
-    let console = ConsoleIo {
+/// Removes the API socket when brique ends.
+struct SocketFile<'a>(&'a Path);
+
+impl Drop for SocketFile<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+    }
+}
+
+fn run(args: &Args) -> Result<ExitCode, String> {
+    if args.config_file.is_none() && args.api_sock.is_none() {
+        return Err(
+            "nothing to do: pass --config-file FILE and/or --api-sock PATH (see --help)".into(),
+        );
+    }
+    let config = match &args.config_file {
+        Some(path) => VmConfig::from_file(path).map_err(|err| err.to_string())?,
+        None => VmConfig::default(),
+    };
+    let (handle, requests) = RequestReceiver::channel().map_err(|err| err.to_string())?;
+    let _socket = match &args.api_sock {
+        Some(path) => {
+            let listener = server::bind(path).map_err(|err| err.to_string())?;
+            let socket = SocketFile(path);
+            let handle = handle.clone();
+            let server = Server::new(listener, move |request| {
+                brique_api::handle_request(&handle, &request)
+            })
+            .map_err(|err| err.to_string())?;
+            std::thread::Builder::new()
+                .name("brique-api".into())
+                .spawn(move || {
+                    let err = server.run();
+                    log::error!("API server stopped: {err}");
+                })
+                .map_err(|err| format!("cannot start the API thread: {err}"))?;
+            Some(socket)
+        }
+        None => None,
+    };
+    drop(handle);
+
+    let console = Box::new(|| ConsoleIo {
         output: Box::new(std::io::stdout()),
         input: Some(std::io::stdin().as_raw_fd()),
-    };
-    let machine = match Machine::boot(&config, Payload::Linux, console) {
-        Ok(machine) => machine,
-        Err(err) => {
+    });
+    let mut controller = Controller::new(config, console, args.id.clone());
+    let terminal = brique_vmm::console::RawTerminal::enter();
+    if args.config_file.is_some() {
+        if let Err(err) = controller.start() {
             drop(terminal);
-            eprintln!("brique: {err}");
-            return ExitCode::from(EXIT_SETUP_FAILED);
+            return Err(err.to_string());
         }
-    };
-    log::info!("microVM started");
-    let reason: ExitReason = machine.wait_for_exit();
+    }
+    let served = controller::serve(
+        controller,
+        requests,
+        Duration::from_secs(args.metrics_interval),
+    );
     drop(terminal);
+    let reason = served.map_err(|err| err.to_string())?;
     if reason.is_clean() {
         log::info!("{reason}");
     } else {
         eprintln!("brique: {reason}");
     }
-    ExitCode::from(reason.exit_code() as u8)
+    Ok(ExitCode::from(reason.exit_code() as u8))
 }

@@ -150,11 +150,12 @@ fn too_much_memory() {
 }
 
 #[test]
-fn api_socket_is_refused_until_the_server_exists() {
-    assert_config_error(
-        &brique(&["--api-sock", "/tmp/x.sock"]),
-        "not available in this build",
-    );
+fn an_api_socket_path_that_exists_is_refused() {
+    let dir = TempDir::new("sock");
+    let taken = dir.file("taken.sock", "");
+    assert_config_error(&brique(&["--api-sock", &taken]), "already exists");
+    let missing_dir = format!("{}/no/such/dir/api.sock", dir.0.display());
+    assert_config_error(&brique(&["--api-sock", &missing_dir]), "api.sock");
 }
 
 #[test]

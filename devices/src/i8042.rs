@@ -347,7 +347,12 @@ mod tests {
         while status(&mut f.dev) & status::OBF != 0 {
             got.push(data(&mut f.dev));
             let raised = f.irq.read().is_ok();
-            assert_eq!(raised, got.len() < CTRL_ALT_DEL_SET1.len(), "after byte {}", got.len());
+            assert_eq!(
+                raised,
+                got.len() < CTRL_ALT_DEL_SET1.len(),
+                "after byte {}",
+                got.len()
+            );
         }
         assert_eq!(got, CTRL_ALT_DEL_SET1);
     }

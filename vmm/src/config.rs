@@ -71,6 +71,9 @@ pub enum ConfigError {
     /// An id is empty or has characters outside [A-Za-z0-9_-].
     #[error("invalid {kind} id {id:?}: use 1-64 characters from A-Z a-z 0-9 _ -")]
     InvalidId { kind: &'static str, id: String },
+    /// A tap device name is not a valid interface name.
+    #[error("invalid host_dev_name {0:?}: use 1-15 characters, no '/' or whitespace")]
+    InvalidTapName(String),
     /// A MAC address is malformed.
     #[error("invalid guest_mac {0:?}: expected six hex octets like 06:00:ac:10:00:02")]
     InvalidMac(String),
@@ -115,6 +118,57 @@ impl Default for MachineConfig {
             track_dirty_pages: false,
         }
     }
+}
+
+/// `PATCH /machine-config`: the fields to change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigUpdate {
+    /// New vCPU count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpu_count: Option<u8>,
+    /// New memory size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_size_mib: Option<usize>,
+    /// New SMT setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smt: Option<bool>,
+    /// New dirty page tracking setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_dirty_pages: Option<bool>,
+}
+
+impl MachineConfig {
+    /// This configuration with `update`'s fields applied.
+    pub fn updated(&self, update: &MachineConfigUpdate) -> Self {
+        Self {
+            vcpu_count: update.vcpu_count.unwrap_or(self.vcpu_count),
+            mem_size_mib: update.mem_size_mib.unwrap_or(self.mem_size_mib),
+            smt: update.smt.unwrap_or(self.smt),
+            track_dirty_pages: update.track_dirty_pages.unwrap_or(self.track_dirty_pages),
+        }
+    }
+}
+
+/// `PATCH /drives/{id}`: a new backing file for a drive (the guest sees the
+/// new size). Rate limiters are not supported yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveUpdate {
+    /// The drive to change.
+    pub drive_id: String,
+    /// Its new backing file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<PathBuf>,
+}
+
+/// `PATCH /network-interfaces/{id}`. Firecracker uses it to change rate
+/// limiters, which brique does not have yet: only the id is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceUpdate {
+    /// The interface to change.
+    pub iface_id: String,
 }
 
 /// Block device caching, as Firecracker names it.
@@ -202,32 +256,26 @@ impl VmConfig {
     /// ranges, ids, and that the files it names can be opened.
     pub fn validate(&self, limits: &HostLimits) -> Result<(), ConfigError> {
         self.machine_config.validate(limits)?;
-        let boot = self.boot_source.as_ref().ok_or(ConfigError::NoBootSource)?;
-        std::fs::File::open(&boot.kernel_image_path).map_err(|source| ConfigError::Kernel {
-            path: boot.kernel_image_path.clone(),
-            source,
-        })?;
-        if let Some(initrd) = &boot.initrd_path {
-            std::fs::File::open(initrd).map_err(|source| ConfigError::Initrd {
-                path: initrd.clone(),
-                source,
-            })?;
-        }
+        self.boot_source
+            .as_ref()
+            .ok_or(ConfigError::NoBootSource)?
+            .validate()?;
+        self.validate_drives()?;
+        self.validate_network_interfaces()
+    }
+
+    /// Drive ids are valid and unique, at most one is the root device, and
+    /// every backing file opens (read-write unless read-only).
+    pub fn validate_drives(&self) -> Result<(), ConfigError> {
         check_ids("drive", self.drives.iter().map(|d| d.drive_id.as_str()))?;
         if self.drives.iter().filter(|d| d.is_root_device).count() > 1 {
             return Err(ConfigError::SeveralRootDevices);
         }
-        for drive in &self.drives {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(!drive.is_read_only)
-                .open(&drive.path_on_host)
-                .map_err(|source| ConfigError::Drive {
-                    id: drive.drive_id.clone(),
-                    path: drive.path_on_host.clone(),
-                    source,
-                })?;
-        }
+        self.drives.iter().try_for_each(DriveConfig::validate)
+    }
+
+    /// Interface ids are valid and unique, MACs well formed.
+    pub fn validate_network_interfaces(&self) -> Result<(), ConfigError> {
         check_ids(
             "network interface",
             self.network_interfaces.iter().map(|n| n.iface_id.as_str()),
@@ -236,8 +284,47 @@ impl VmConfig {
             if let Some(mac) = &iface.guest_mac {
                 parse_mac(mac)?;
             }
+            let name_ok = (1..=15).contains(&iface.host_dev_name.len())
+                && !iface.host_dev_name.contains(['/', '\0'])
+                && !iface.host_dev_name.chars().any(char::is_whitespace);
+            if !name_ok {
+                return Err(ConfigError::InvalidTapName(iface.host_dev_name.clone()));
+            }
         }
         Ok(())
+    }
+}
+
+impl BootSourceConfig {
+    /// The kernel and initrd can be opened.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        std::fs::File::open(&self.kernel_image_path).map_err(|source| ConfigError::Kernel {
+            path: self.kernel_image_path.clone(),
+            source,
+        })?;
+        if let Some(initrd) = &self.initrd_path {
+            std::fs::File::open(initrd).map_err(|source| ConfigError::Initrd {
+                path: initrd.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl DriveConfig {
+    /// The backing file opens with the drive's access mode.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(!self.is_read_only)
+            .open(&self.path_on_host)
+            .map(drop)
+            .map_err(|source| ConfigError::Drive {
+                id: self.drive_id.clone(),
+                path: self.path_on_host.clone(),
+                source,
+            })
     }
 }
 

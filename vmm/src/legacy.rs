@@ -20,7 +20,7 @@ mod x86_64 {
         serial: Arc<Mutex<SerialConsole>>,
         serial_irq: &EventFd,
         reset_evt: &EventFd,
-    ) -> Result<(), MachineError> {
+    ) -> Result<LegacyDevices, MachineError> {
         vm.fd()
             .register_irqfd(serial_irq, COM1_IRQ)
             .map_err(|err| MachineError::Device(format!("serial irqfd: {err}")))?;
@@ -32,15 +32,38 @@ mod x86_64 {
         vm.fd()
             .register_irqfd(&kbd_irq, I8042_KBD_IRQ)
             .map_err(|err| MachineError::Device(format!("i8042 irqfd: {err}")))?;
-        let i8042 = I8042::new(
+        let i8042 = Arc::new(Mutex::new(I8042::new(
             EventFdTrigger::new(clone_evt(reset_evt)?),
             Some(EventFdTrigger::new(kbd_irq)),
-        );
+        )));
         buses
             .pio
-            .insert(Arc::new(Mutex::new(i8042)), I8042_PORT_BASE, I8042_PORT_LEN)
+            .insert(i8042.clone(), I8042_PORT_BASE, I8042_PORT_LEN)
             .map_err(|err| MachineError::Device(err.to_string()))?;
-        Ok(())
+        Ok(LegacyDevices { i8042 })
+    }
+
+    /// The legacy devices the VMM acts on at runtime.
+    #[derive(Debug)]
+    pub(crate) struct LegacyDevices {
+        i8042: Arc<Mutex<I8042>>,
+    }
+
+    impl LegacyDevices {
+        /// Presses Ctrl-Alt-Del on the guest's keyboard.
+        pub(crate) fn send_ctrl_alt_del(&self) -> Result<(), MachineError> {
+            let mut i8042 = self
+                .i8042
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if i8042.send_ctrl_alt_del() {
+                Ok(())
+            } else {
+                Err(MachineError::Device(
+                    "the guest has not read earlier keyboard input yet; try again".into(),
+                ))
+            }
+        }
     }
 }
 
@@ -59,13 +82,23 @@ mod other {
         _serial: Arc<Mutex<SerialConsole>>,
         _serial_irq: &EventFd,
         _reset_evt: &EventFd,
-    ) -> Result<(), MachineError> {
+    ) -> Result<LegacyDevices, MachineError> {
         Err(MachineError::Unsupported("aarch64 legacy devices"))
+    }
+
+    /// No legacy devices yet on this architecture.
+    #[derive(Debug)]
+    pub(crate) struct LegacyDevices;
+
+    impl LegacyDevices {
+        pub(crate) fn send_ctrl_alt_del(&self) -> Result<(), MachineError> {
+            Err(MachineError::Unsupported("Ctrl-Alt-Del requests"))
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use self::x86_64::attach;
+pub(crate) use self::x86_64::{attach, LegacyDevices};
 
 #[cfg(not(target_arch = "x86_64"))]
-pub(crate) use self::other::attach;
+pub(crate) use self::other::{attach, LegacyDevices};

@@ -9,9 +9,12 @@
 pub mod arch;
 pub mod config;
 pub mod console;
+pub mod controller;
 pub mod event_loop;
 mod legacy;
+pub mod logger;
 pub mod machine;
+pub mod metrics;
 pub mod vcpu;
 pub mod virtio_devices;
 pub mod vm;

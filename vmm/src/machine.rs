@@ -2,24 +2,27 @@
 //! devices and the device event loop; and how it ends.
 
 use crate::arch;
+use crate::config::DriveConfig;
 use crate::config::{ConfigError, HostLimits, VmConfig};
 use crate::console::ConsoleInput;
 use crate::event_loop::{EventLoop, EventLoopError, GuestSignal, GuestSignalWatcher, Subscriber};
-use crate::legacy;
-use crate::vcpu::{self, IoBuses, Vcpu, VcpuStop};
+use crate::legacy::{self, LegacyDevices};
+use crate::metrics::{BlockDeviceMetrics, DeviceMetrics, NetDeviceMetrics, METRICS};
+use crate::vcpu::{self, IoBuses, Vcpu, VcpuControl, VcpuStop};
 use crate::virtio_devices::{
-    attach_drives, attach_network_interfaces, VirtioSetupError, VirtioSlots,
+    attach_drives, attach_network_interfaces, open_disk, AttachedDevices, VirtioSetupError,
+    VirtioSlots,
 };
 use crate::vm::{Vm, VmError};
 use brique_devices::serial::{ConsoleOutput, GuestPanicReport, PanicWatcher, SerialConsole};
 use brique_devices::EventFdTrigger;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::Killable;
 
@@ -62,7 +65,19 @@ pub enum MachineError {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    /// The vCPUs did not all pause in time (they were resumed).
+    #[error("the vCPUs did not pause within {0:?}; the microVM keeps running")]
+    PauseTimeout(Duration),
+    /// No drive has this id.
+    #[error("no drive with id {0:?}")]
+    NoSuchDrive(String),
+    /// The new backing file cannot replace the old one.
+    #[error("drive {id}: {detail}")]
+    ReplaceDrive { id: String, detail: String },
 }
+
+/// How long a pause may take before it is given up.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a machine ended. Clean ends exit brique with status 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,13 +168,45 @@ enum MachineEvent {
     VcpuStopped { id: u8, reason: VcpuStop },
 }
 
+/// Sends machine events and makes the machine's exit descriptor readable.
+#[derive(Debug)]
+struct EventSender {
+    events: Sender<MachineEvent>,
+    ready: Arc<EventFd>,
+}
+
+impl EventSender {
+    fn send(&self, event: MachineEvent) -> bool {
+        let sent = self.events.send(event).is_ok();
+        if sent {
+            if let Err(err) = self.ready.write(1) {
+                log::error!("cannot signal a machine event: {err}");
+            }
+        }
+        sent
+    }
+}
+
+impl Clone for EventSender {
+    fn clone(&self) -> Self {
+        Self {
+            events: self.events.clone(),
+            ready: self.ready.clone(),
+        }
+    }
+}
+
 /// A booted microVM.
 #[derive(Debug)]
 pub struct Machine {
     vm: Vm,
     vcpu_threads: Vec<JoinHandle<()>>,
-    stop_vcpus: Arc<AtomicBool>,
+    vcpu_control: Arc<VcpuControl>,
+    paused: bool,
     events: Receiver<MachineEvent>,
+    events_ready: Arc<EventFd>,
+    legacy: LegacyDevices,
+    devices: AttachedDevices,
     event_loop: EventLoop,
     panic_report: GuestPanicReport,
     _buses: Arc<IoBuses>,
@@ -205,7 +252,12 @@ impl Machine {
         let vcpu_count = machine_config.vcpu_count;
 
         // Devices: the serial console and the reset line.
-        let (machine_events, events) = channel();
+        let (events_tx, events) = channel();
+        let events_ready = Arc::new(eventfd()?);
+        let machine_events = EventSender {
+            events: events_tx,
+            ready: events_ready.clone(),
+        };
         let (guest_signals, guest_signal_events) = channel();
         let panic_report = GuestPanicReport::default();
         let panic_evt = eventfd()?;
@@ -224,7 +276,7 @@ impl Machine {
             Some(EventFdTrigger::new(clone_evt(&input_drained)?)),
         )));
         let mut buses = IoBuses::default();
-        legacy::attach(&vm, &mut buses, serial.clone(), &serial_irq, &reset_evt)?;
+        let legacy = legacy::attach(&vm, &mut buses, serial.clone(), &serial_irq, &reset_evt)?;
 
         // virtio devices, announced on the kernel command line.
         let mut cmdline = linux_loader::cmdline::Cmdline::new(arch::CMDLINE_CAPACITY)
@@ -236,6 +288,7 @@ impl Machine {
         }
         let mut subscribers: Vec<Subscriber> = Vec::new();
         let mut slots = VirtioSlots::new();
+        let mut devices = AttachedDevices::default();
         attach_drives(
             &vm,
             &config.drives,
@@ -243,6 +296,7 @@ impl Machine {
             &mut buses.mmio,
             &mut cmdline,
             &mut subscribers,
+            &mut devices,
         )?;
         attach_network_interfaces(
             &vm,
@@ -251,6 +305,7 @@ impl Machine {
             &mut buses.mmio,
             &mut cmdline,
             &mut subscribers,
+            &mut devices,
         )?;
         let buses = Arc::new(buses);
 
@@ -292,24 +347,28 @@ impl Machine {
             .name("brique-signals".into())
             .spawn(move || {
                 for signal in guest_signal_events {
-                    if forwarder.send(MachineEvent::Guest(signal)).is_err() {
+                    if !forwarder.send(MachineEvent::Guest(signal)) {
                         break;
                     }
                 }
             })
             .map_err(MachineError::Thread)?;
 
-        let stop_vcpus = Arc::new(AtomicBool::new(false));
+        let vcpu_control = Arc::new(VcpuControl::default());
         let vcpu_threads = vcpus
             .into_iter()
-            .map(|vcpu| spawn_vcpu(vcpu, stop_vcpus.clone(), machine_events.clone()))
+            .map(|vcpu| spawn_vcpu(vcpu, vcpu_control.clone(), machine_events.clone()))
             .collect::<Result<Vec<_>, _>>()?;
 
         Ok(Self {
             vm,
             vcpu_threads,
-            stop_vcpus,
+            vcpu_control,
+            paused: false,
             events,
+            events_ready,
+            legacy,
+            devices,
             event_loop,
             panic_report,
             _buses: buses,
@@ -344,13 +403,136 @@ impl Machine {
     /// Waits until the guest ends the machine (or a vCPU fails), then stops
     /// every vCPU and the device loop, and says why it ended.
     pub fn wait_for_exit(mut self) -> ExitReason {
-        let first = match self.events.recv() {
-            Ok(event) => event,
-            Err(_) => MachineEvent::VcpuStopped {
-                id: 0,
-                reason: VcpuStop::RunFailed("every vCPU thread is gone".into()),
-            },
-        };
+        let first = self.events.recv().unwrap_or_else(|_| all_vcpus_gone());
+        self.end(first)
+    }
+
+    /// A descriptor that becomes readable when the machine has ended (then
+    /// [`Machine::try_exit`] says why), for callers that wait on several
+    /// things at once.
+    pub fn exit_fd(&self) -> RawFd {
+        self.events_ready.as_raw_fd()
+    }
+
+    /// Whether the machine has ended; if so, stops what is left of it and
+    /// says why.
+    pub fn try_exit(&mut self) -> Option<ExitReason> {
+        // Reset the descriptor first: an event sent after this read makes
+        // it readable again.
+        let _ = self.events_ready.read();
+        match self.events.try_recv() {
+            Ok(event) => Some(self.end(event)),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(self.end(all_vcpus_gone())),
+        }
+    }
+
+    /// Pauses every vCPU: returns once all are parked outside KVM_RUN.
+    /// Pausing a paused machine does nothing.
+    pub fn pause(&mut self) -> Result<(), MachineError> {
+        if self.paused {
+            return Ok(());
+        }
+        self.vcpu_control.request_pause();
+        self.kick_vcpus();
+        if !self
+            .vcpu_control
+            .wait_parked(self.vcpu_threads.len(), PAUSE_TIMEOUT)
+        {
+            self.vcpu_control.request_resume();
+            return Err(MachineError::PauseTimeout(PAUSE_TIMEOUT));
+        }
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Lets paused vCPUs run again. Resuming a running machine does nothing.
+    pub fn resume(&mut self) {
+        self.vcpu_control.request_resume();
+        self.paused = false;
+    }
+
+    /// Whether the vCPUs are paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Presses Ctrl-Alt-Del on the guest's keyboard (x86_64).
+    pub fn send_ctrl_alt_del(&self) -> Result<(), MachineError> {
+        self.legacy.send_ctrl_alt_del()
+    }
+
+    /// Points drive `drive.drive_id` at `drive.path_on_host` (opened with
+    /// the drive's modes); the guest is told of the new size. On error the
+    /// drive keeps its old file.
+    pub fn replace_drive_file(&self, drive: &DriveConfig) -> Result<(), MachineError> {
+        let block = self
+            .devices
+            .drives
+            .iter()
+            .find(|(id, _)| *id == drive.drive_id)
+            .map(|(_, block)| block)
+            .ok_or_else(|| MachineError::NoSuchDrive(drive.drive_id.clone()))?;
+        let disk = open_disk(drive)?;
+        block
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .replace_disk(disk)
+            .map_err(|err| MachineError::ReplaceDrive {
+                id: drive.drive_id.clone(),
+                detail: err.to_string(),
+            })
+    }
+
+    /// The devices' I/O counters now.
+    pub fn device_metrics(&self) -> DeviceMetrics {
+        let mut metrics = DeviceMetrics::default();
+        for (id, block) in &self.devices.drives {
+            let c = block
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .counters();
+            metrics.block.insert(
+                id.clone(),
+                BlockDeviceMetrics {
+                    requests_ok: c.completed,
+                    requests_failed: c.failed,
+                    requests_dropped: c.dropped,
+                    read_bytes: c.read_bytes,
+                    write_bytes: c.write_bytes,
+                    flushes: c.flushes,
+                },
+            );
+        }
+        for (id, net) in &self.devices.nets {
+            let c = net
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .counters();
+            metrics.net.insert(
+                id.clone(),
+                NetDeviceMetrics {
+                    rx_packets: c.rx_packets,
+                    rx_bytes: c.rx_bytes,
+                    rx_dropped: c.rx_dropped,
+                    tx_packets: c.tx_packets,
+                    tx_bytes: c.tx_bytes,
+                    tx_dropped: c.tx_dropped,
+                },
+            );
+        }
+        metrics
+    }
+
+    fn kick_vcpus(&self) {
+        for thread in &self.vcpu_threads {
+            // A thread that already ended cannot be signalled; that is fine.
+            let _ = thread.kill(vcpu::kick_signal());
+        }
+    }
+
+    /// Turns the first event into the exit reason and stops the machine.
+    fn end(&mut self, first: MachineEvent) -> ExitReason {
         let reason = match first {
             MachineEvent::Guest(GuestSignal::Reset) => ExitReason::GuestReset,
             MachineEvent::Guest(GuestSignal::Panicked) => ExitReason::GuestPanic(String::new()),
@@ -377,11 +559,8 @@ impl Machine {
     }
 
     fn stop(&mut self) {
-        self.stop_vcpus.store(true, Ordering::Release);
-        for thread in &self.vcpu_threads {
-            // A thread that already ended cannot be signalled; that is fine.
-            let _ = thread.kill(vcpu::kick_signal());
-        }
+        self.vcpu_control.request_stop();
+        self.kick_vcpus();
         for thread in self.vcpu_threads.drain(..) {
             let _ = thread.join();
         }
@@ -395,17 +574,30 @@ impl Drop for Machine {
     }
 }
 
+fn all_vcpus_gone() -> MachineEvent {
+    MachineEvent::VcpuStopped {
+        id: 0,
+        reason: VcpuStop::RunFailed("every vCPU thread is gone".into()),
+    }
+}
+
 fn spawn_vcpu(
     mut vcpu: Vcpu,
-    stop: Arc<AtomicBool>,
-    events: Sender<MachineEvent>,
+    control: Arc<VcpuControl>,
+    events: EventSender,
 ) -> Result<JoinHandle<()>, MachineError> {
     std::thread::Builder::new()
         .name(format!("brique-vcpu{}", vcpu.id()))
         .spawn(move || {
-            let reason = vcpu.run(&stop);
+            let reason = vcpu.run(&control);
+            if !matches!(
+                reason,
+                VcpuStop::Requested | VcpuStop::SystemReset | VcpuStop::SystemShutdown
+            ) {
+                METRICS.vcpu.failures.inc();
+            }
             if reason != VcpuStop::Requested {
-                let _ = events.send(MachineEvent::VcpuStopped {
+                events.send(MachineEvent::VcpuStopped {
                     id: vcpu.id(),
                     reason,
                 });

@@ -1,12 +1,14 @@
 //! vCPU threads: each runs KVM_RUN, dispatches port I/O and MMIO exits to
 //! the device buses, and reports why it stopped.
 
+use crate::metrics::METRICS;
 use brique_devices::bus::Bus;
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// The device buses vCPU exits are dispatched to.
 #[derive(Debug, Default)]
@@ -40,6 +42,85 @@ pub enum VcpuStop {
     UnexpectedExit(String),
     /// KVM_RUN failed.
     RunFailed(String),
+}
+
+/// What the VMM asks of the vCPU threads: run, pause, or stop. A request
+/// takes effect at the thread's next exit from KVM_RUN; [`kick`] forces one.
+#[derive(Debug, Default)]
+pub struct VcpuControl {
+    stop: AtomicBool,
+    pause: AtomicBool,
+    /// How many vCPU threads are parked in a pause.
+    parked: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl VcpuControl {
+    fn parked(&self) -> MutexGuard<'_, usize> {
+        self.parked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Asks every vCPU to stop for good (paused ones too).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let _parked = self.parked();
+        self.changed.notify_all();
+    }
+
+    /// Whether a stop was requested.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Asks every vCPU to park at its next exit.
+    pub fn request_pause(&self) {
+        self.pause.store(true, Ordering::Release);
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn request_resume(&self) {
+        let _parked = self.parked();
+        self.pause.store(false, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    /// Waits until `count` vCPUs are parked; false after `timeout`.
+    pub fn wait_parked(&self, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut parked = self.parked();
+        while *parked < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            parked = match self.changed.wait_timeout(parked, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        true
+    }
+
+    /// Called by a vCPU thread outside KVM_RUN: parks while a pause is
+    /// requested (and no stop).
+    fn park_if_paused(&self) {
+        if !self.pause.load(Ordering::Acquire) {
+            return;
+        }
+        let mut parked = self.parked();
+        *parked += 1;
+        self.changed.notify_all();
+        while self.pause.load(Ordering::Acquire) && !self.stop_requested() {
+            parked = match self.changed.wait(parked) {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+        }
+        *parked -= 1;
+        self.changed.notify_all();
+    }
 }
 
 thread_local! {
@@ -91,17 +172,19 @@ impl Vcpu {
         self.id
     }
 
-    /// Runs the guest until it stops or `stop` is set (and the thread kicked).
-    pub fn run(&mut self, stop: &AtomicBool) -> VcpuStop {
+    /// Runs the guest until it stops or `control` asks it to (the thread
+    /// being kicked), parking while `control` asks for a pause.
+    pub fn run(&mut self, control: &VcpuControl) -> VcpuStop {
         KVM_RUN.with(|run| run.set(self.fd.get_kvm_run()));
-        let reason = self.run_loop(stop);
+        let reason = self.run_loop(control);
         KVM_RUN.with(|run| run.set(std::ptr::null_mut()));
         reason
     }
 
-    fn run_loop(&mut self, stop: &AtomicBool) -> VcpuStop {
+    fn run_loop(&mut self, control: &VcpuControl) -> VcpuStop {
         loop {
-            if stop.load(Ordering::Acquire) {
+            control.park_if_paused();
+            if control.stop_requested() {
                 return VcpuStop::Requested;
             }
             match self.fd.run() {
@@ -151,6 +234,7 @@ fn handle_exit(exit: VcpuExit<'_>, buses: &IoBuses) -> Option<VcpuStop> {
     match exit {
         #[cfg(target_arch = "x86_64")]
         VcpuExit::IoIn(port, data) => {
+            METRICS.vcpu.exit_io_in.inc();
             if !buses.pio.read(u64::from(port), data) {
                 data.fill(0xff);
             }
@@ -158,16 +242,19 @@ fn handle_exit(exit: VcpuExit<'_>, buses: &IoBuses) -> Option<VcpuStop> {
         }
         #[cfg(target_arch = "x86_64")]
         VcpuExit::IoOut(port, data) => {
+            METRICS.vcpu.exit_io_out.inc();
             buses.pio.write(u64::from(port), data);
             None
         }
         VcpuExit::MmioRead(addr, data) => {
+            METRICS.vcpu.exit_mmio_read.inc();
             if !buses.mmio.read(addr, data) {
                 data.fill(0);
             }
             None
         }
         VcpuExit::MmioWrite(addr, data) => {
+            METRICS.vcpu.exit_mmio_write.inc();
             buses.mmio.write(addr, data);
             None
         }

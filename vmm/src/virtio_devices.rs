@@ -83,6 +83,35 @@ impl Default for VirtioSlots {
     }
 }
 
+/// The attached virtio devices, by drive and interface id, for runtime
+/// changes and counters.
+#[derive(Debug, Default)]
+pub struct AttachedDevices {
+    /// Block devices by drive_id.
+    pub drives: Vec<(String, Arc<Mutex<Block>>)>,
+    /// Network devices by iface_id.
+    pub nets: Vec<(String, Arc<Mutex<Net>>)>,
+}
+
+/// Opens `drive`'s backing file with its read-only and cache modes.
+pub fn open_disk(drive: &DriveConfig) -> Result<Disk, VirtioSetupError> {
+    let open_error = |source| VirtioSetupError::OpenDrive {
+        id: drive.drive_id.clone(),
+        path: drive.path_on_host.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!drive.is_read_only)
+        .open(&drive.path_on_host)
+        .map_err(open_error)?;
+    let cache = match drive.cache_type {
+        CacheType::Unsafe => CacheMode::Unsafe,
+        CacheType::Writeback => CacheMode::Writeback,
+    };
+    Disk::new(file, drive.is_read_only, cache, &drive.drive_id).map_err(open_error)
+}
+
 /// Opens every drive (root device first, so it is /dev/vda), attaches it,
 /// and puts `root=` on the command line.
 pub fn attach_drives(
@@ -92,35 +121,25 @@ pub fn attach_drives(
     mmio: &mut Bus,
     cmdline: &mut Cmdline,
     subscribers: &mut Vec<Subscriber>,
+    attached: &mut AttachedDevices,
 ) -> Result<(), VirtioSetupError> {
     let mut ordered: Vec<&DriveConfig> = drives.iter().filter(|d| d.is_root_device).collect();
     ordered.extend(drives.iter().filter(|d| !d.is_root_device));
     for drive in ordered {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(!drive.is_read_only)
-            .open(&drive.path_on_host)
-            .map_err(|source| VirtioSetupError::OpenDrive {
-                id: drive.drive_id.clone(),
-                path: drive.path_on_host.clone(),
-                source,
-            })?;
-        let cache = match drive.cache_type {
-            CacheType::Unsafe => CacheMode::Unsafe,
-            CacheType::Writeback => CacheMode::Writeback,
-        };
-        let disk =
-            Disk::new(file, drive.is_read_only, cache, &drive.drive_id).map_err(|source| {
-                VirtioSetupError::OpenDrive {
-                    id: drive.drive_id.clone(),
-                    path: drive.path_on_host.clone(),
-                    source,
-                }
-            })?;
+        let disk = open_disk(drive)?;
         let block = Arc::new(Mutex::new(
             Block::new(disk).map_err(|err| VirtioSetupError::Device(err.to_string()))?,
         ));
-        attach(vm, block.clone(), block, slots, mmio, cmdline, subscribers)?;
+        attach(
+            vm,
+            block.clone(),
+            block.clone(),
+            slots,
+            mmio,
+            cmdline,
+            subscribers,
+        )?;
+        attached.drives.push((drive.drive_id.clone(), block));
         if drive.is_root_device {
             let root = match &drive.partuuid {
                 Some(partuuid) => format!("root=PARTUUID={partuuid}"),
@@ -144,6 +163,7 @@ pub fn attach_network_interfaces(
     mmio: &mut Bus,
     cmdline: &mut Cmdline,
     subscribers: &mut Vec<Subscriber>,
+    attached: &mut AttachedDevices,
 ) -> Result<(), VirtioSetupError> {
     for iface in interfaces {
         let mac = iface
@@ -163,7 +183,16 @@ pub fn attach_network_interfaces(
             Net::new(Box::new(tap), mac)
                 .map_err(|err| VirtioSetupError::Device(err.to_string()))?,
         ));
-        attach(vm, net.clone(), net, slots, mmio, cmdline, subscribers)?;
+        attach(
+            vm,
+            net.clone(),
+            net.clone(),
+            slots,
+            mmio,
+            cmdline,
+            subscribers,
+        )?;
+        attached.nets.push((iface.iface_id.clone(), net));
     }
     Ok(())
 }

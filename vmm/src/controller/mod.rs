@@ -1,0 +1,345 @@
+//! The controller: the one owner of the microVM's configuration and, once
+//! started, of the [`Machine`]. It runs on the VMM thread and executes
+//! [`VmmAction`]s one at a time, whether they come from `--config-file` or
+//! from the API thread through a [`ControllerHandle`]. A failed action
+//! changes nothing.
+
+mod actions;
+mod serve;
+
+pub use actions::{
+    FullVmConfig, InstanceInfo, InstanceState, MetricsConfig, VersionInfo, VmmAction, VmmData,
+};
+pub use serve::{serve, ControllerHandle, RequestReceiver, ServeError};
+
+use crate::config::{ConfigError, HostLimits, VmConfig};
+use crate::logger::{self, LoggerConfig, LoggerError};
+use crate::machine::{ConsoleIo, ExitReason, Machine, MachineError, Payload};
+use crate::metrics::{MetricsError, MetricsWriter};
+
+/// The Firecracker API version whose paths, bodies and status codes brique
+/// follows (for the subset it implements; see resources/openapi.json).
+pub const FIRECRACKER_API_VERSION: &str = "1.7.0";
+
+/// Why an action was refused. Every variant is a client error (HTTP 400).
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The action needs a started microVM.
+    #[error("{0} is only possible after InstanceStart: the microVM is not started")]
+    NotStarted(&'static str),
+    /// The action is only possible before the microVM starts.
+    #[error("{0} is only possible before InstanceStart: the microVM is already running")]
+    AlreadyStarted(&'static str),
+    /// The configuration change is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The machine refused the action or could not be built.
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    /// No drive or interface has this id.
+    #[error("no {kind} with id {id:?}")]
+    NotFound { kind: &'static str, id: String },
+    /// The request would change something that cannot change at runtime.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The VMM thread is gone.
+    #[error("the VMM is not answering")]
+    VmmGone,
+    /// Metrics were already configured.
+    #[error("metrics are already configured (to {0}); they can be set once")]
+    MetricsAlreadyConfigured(String),
+    /// FlushMetrics without a metrics path.
+    #[error("metrics are not configured: PUT /metrics first")]
+    MetricsNotConfigured,
+    /// Writing metrics failed.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The logger could not be configured.
+    #[error(transparent)]
+    Logger(#[from] LoggerError),
+}
+
+/// Makes the guest console for each boot attempt (a failed start must
+/// leave a console for the next one).
+pub type ConsoleFactory = Box<dyn FnMut() -> ConsoleIo + Send>;
+
+/// The configuration and, once started, the machine.
+pub struct Controller {
+    config: VmConfig,
+    machine: Option<Machine>,
+    console: ConsoleFactory,
+    limits: HostLimits,
+    instance_id: String,
+    logger: Option<LoggerConfig>,
+    metrics: Option<MetricsWriter>,
+    /// For tests of the VMM itself: the guest is raw code, not Linux.
+    #[cfg(target_arch = "x86_64")]
+    bare_code: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("config", &self.config)
+            .field("machine", &self.machine)
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    /// A controller for a microVM not started yet, configured as `config`.
+    pub fn new(config: VmConfig, console: ConsoleFactory, instance_id: String) -> Self {
+        Self {
+            config,
+            machine: None,
+            console,
+            limits: HostLimits::of_this_host(),
+            instance_id,
+            logger: None,
+            metrics: None,
+            #[cfg(target_arch = "x86_64")]
+            bare_code: None,
+        }
+    }
+
+    /// Boots raw 64-bit code instead of a Linux kernel at InstanceStart
+    /// (for tests of the VMM with tiny guests; see [`Payload::BareCode`]).
+    #[cfg(target_arch = "x86_64")]
+    pub fn with_bare_code(mut self, code: Vec<u8>) -> Self {
+        self.bare_code = Some(code);
+        self
+    }
+
+    /// The lifecycle state.
+    pub fn state(&self) -> InstanceState {
+        match &self.machine {
+            None => InstanceState::NotStarted,
+            Some(machine) if machine.is_paused() => InstanceState::Paused,
+            Some(_) => InstanceState::Running,
+        }
+    }
+
+    /// The running machine, if started.
+    pub fn machine(&self) -> Option<&Machine> {
+        self.machine.as_ref()
+    }
+
+    /// Whether the machine ended; if so, why (and the machine is gone).
+    pub fn try_exit(&mut self) -> Option<ExitReason> {
+        let reason = self.machine.as_mut()?.try_exit()?;
+        self.flush_metrics_quietly();
+        self.machine = None;
+        Some(reason)
+    }
+
+    /// Writes a metrics line if metrics are configured (periodic flushes).
+    pub fn flush_metrics_quietly(&mut self) {
+        if let Err(err) = self.flush_metrics() {
+            if !matches!(err, ControllerError::MetricsNotConfigured) {
+                log::warn!("{err}");
+            }
+        }
+    }
+
+    /// Executes one action.
+    pub fn handle(&mut self, action: VmmAction) -> Result<VmmData, ControllerError> {
+        let name = action.name();
+        match action {
+            VmmAction::GetInstanceInfo => Ok(VmmData::InstanceInfo(InstanceInfo {
+                id: self.instance_id.clone(),
+                state: self.state(),
+                vmm_version: env!("CARGO_PKG_VERSION").to_owned(),
+                app_name: "brique".to_owned(),
+            })),
+            VmmAction::GetVersion => Ok(VmmData::Version(VersionInfo {
+                firecracker_version: FIRECRACKER_API_VERSION.to_owned(),
+                brique_version: env!("CARGO_PKG_VERSION").to_owned(),
+            })),
+            VmmAction::GetMachineConfig => {
+                Ok(VmmData::MachineConfig(self.config.machine_config.clone()))
+            }
+            VmmAction::GetFullConfig => Ok(VmmData::FullConfig(Box::new(FullVmConfig {
+                vm: self.config.clone(),
+                logger: self.logger.clone(),
+                metrics: self.metrics.as_ref().map(|writer| MetricsConfig {
+                    metrics_path: writer.path().to_owned(),
+                }),
+            }))),
+            VmmAction::PutMachineConfig(machine) => self.change_config(name, |config, limits| {
+                machine.validate(limits)?;
+                config.machine_config = machine;
+                Ok(())
+            }),
+            VmmAction::PatchMachineConfig(update) => self.change_config(name, |config, limits| {
+                let machine = config.machine_config.updated(&update);
+                machine.validate(limits)?;
+                config.machine_config = machine;
+                Ok(())
+            }),
+            VmmAction::PutBootSource(boot) => self.change_config(name, |config, _| {
+                boot.validate()?;
+                config.boot_source = Some(boot);
+                Ok(())
+            }),
+            VmmAction::PutDrive(drive) => self.change_config(name, |config, _| {
+                match config
+                    .drives
+                    .iter_mut()
+                    .find(|d| d.drive_id == drive.drive_id)
+                {
+                    Some(existing) => *existing = drive,
+                    None => config.drives.push(drive),
+                }
+                config.validate_drives()
+            }),
+            VmmAction::PutNetworkInterface(iface) => self.change_config(name, |config, _| {
+                match config
+                    .network_interfaces
+                    .iter_mut()
+                    .find(|n| n.iface_id == iface.iface_id)
+                {
+                    Some(existing) => *existing = iface,
+                    None => config.network_interfaces.push(iface),
+                }
+                config.validate_network_interfaces()
+            }),
+            VmmAction::PatchDrive(update) => self.patch_drive(name, update),
+            VmmAction::PatchNetworkInterface(update) => {
+                self.started(name)?;
+                if !self
+                    .config
+                    .network_interfaces
+                    .iter()
+                    .any(|n| n.iface_id == update.iface_id)
+                {
+                    return Err(ControllerError::NotFound {
+                        kind: "network interface",
+                        id: update.iface_id,
+                    });
+                }
+                Ok(VmmData::Empty)
+            }
+            VmmAction::InstanceStart => self.start(),
+            VmmAction::SendCtrlAltDel => {
+                self.started(name)?.send_ctrl_alt_del()?;
+                Ok(VmmData::Empty)
+            }
+            VmmAction::FlushMetrics => self.flush_metrics().map(|()| VmmData::Empty),
+            VmmAction::Pause => {
+                self.started(name)?.pause()?;
+                log::info!("microVM paused");
+                Ok(VmmData::Empty)
+            }
+            VmmAction::Resume => {
+                self.started(name)?.resume();
+                log::info!("microVM resumed");
+                Ok(VmmData::Empty)
+            }
+            VmmAction::PutLogger(config) => {
+                logger::configure(&config)?;
+                self.logger = Some(config);
+                Ok(VmmData::Empty)
+            }
+            VmmAction::PutMetrics(config) => {
+                if let Some(writer) = &self.metrics {
+                    return Err(ControllerError::MetricsAlreadyConfigured(
+                        writer.path().display().to_string(),
+                    ));
+                }
+                self.metrics = Some(MetricsWriter::open(&config.metrics_path)?);
+                Ok(VmmData::Empty)
+            }
+        }
+    }
+
+    /// Boots the configured microVM.
+    pub fn start(&mut self) -> Result<VmmData, ControllerError> {
+        if self.machine.is_some() {
+            return Err(ControllerError::AlreadyStarted("InstanceStart"));
+        }
+        let console = (self.console)();
+        #[cfg(target_arch = "x86_64")]
+        let payload = match &self.bare_code {
+            Some(code) => Payload::BareCode(code),
+            None => Payload::Linux,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let payload = Payload::Linux;
+        let machine = Machine::boot(&self.config, payload, console)?;
+        self.machine = Some(machine);
+        log::info!("microVM started");
+        Ok(VmmData::Empty)
+    }
+
+    fn started(&mut self, action: &'static str) -> Result<&mut Machine, ControllerError> {
+        self.machine
+            .as_mut()
+            .ok_or(ControllerError::NotStarted(action))
+    }
+
+    /// Applies `change` to a copy of the configuration (before start only)
+    /// and keeps it if `change` validates it.
+    fn change_config(
+        &mut self,
+        action: &'static str,
+        change: impl FnOnce(&mut VmConfig, &HostLimits) -> Result<(), ConfigError>,
+    ) -> Result<VmmData, ControllerError> {
+        if self.machine.is_some() {
+            return Err(ControllerError::AlreadyStarted(action));
+        }
+        let mut candidate = self.config.clone();
+        change(&mut candidate, &self.limits)?;
+        self.config = candidate;
+        Ok(VmmData::Empty)
+    }
+
+    fn patch_drive(
+        &mut self,
+        action: &'static str,
+        update: crate::config::DriveUpdate,
+    ) -> Result<VmmData, ControllerError> {
+        let Some(index) = self
+            .config
+            .drives
+            .iter()
+            .position(|d| d.drive_id == update.drive_id)
+        else {
+            return Err(ControllerError::NotFound {
+                kind: "drive",
+                id: update.drive_id,
+            });
+        };
+        let machine = self
+            .machine
+            .as_ref()
+            .ok_or(ControllerError::NotStarted(action))?;
+        let Some(path) = update.path_on_host else {
+            return Ok(VmmData::Empty);
+        };
+        let mut drive = self.config.drives[index].clone();
+        drive.path_on_host = path;
+        machine.replace_drive_file(&drive)?;
+        log::info!(
+            "drive {} now backed by {}",
+            drive.drive_id,
+            drive.path_on_host.display()
+        );
+        self.config.drives[index] = drive;
+        Ok(VmmData::Empty)
+    }
+
+    fn flush_metrics(&mut self) -> Result<(), ControllerError> {
+        let devices = self
+            .machine
+            .as_ref()
+            .map(Machine::device_metrics)
+            .unwrap_or_default();
+        let writer = self
+            .metrics
+            .as_mut()
+            .ok_or(ControllerError::MetricsNotConfigured)?;
+        writer.write(&devices)?;
+        Ok(())
+    }
+}
