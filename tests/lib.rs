@@ -2,6 +2,9 @@
 //! nested-KVM test host (`resources/testhost.sh`) and read back what each
 //! case's guest printed and how brique exited.
 
+pub mod api_client;
+pub mod tiny_guest;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -127,4 +130,17 @@ pub fn skip_e2e() -> bool {
         return true;
     }
     false
+}
+
+/// Whether /dev/kvm can be used; says SKIPPED loudly when not.
+pub fn kvm_available() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        eprintln!("\n*** SKIPPED: /dev/kvm is not available on this machine ***\n");
+    }
+    ok
 }

@@ -12,17 +12,7 @@ use brique_vmm::{ConsoleIo, ExitReason, Machine, Payload, VmConfig};
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
-fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("\n*** SKIPPED: /dev/kvm is not available on this machine ***\n");
-    }
-    ok
-}
+use brique_tests::kvm_available;
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

@@ -1,0 +1,70 @@
+//! Tiny hand-assembled guests for tests and benchmarks that run on a
+//! /dev/kvm that cannot boot Linux: 64-bit code wrapped in a minimal ELF
+//! "kernel", so that brique boots it through its ordinary Linux path
+//! (config file or API, boot_params, long mode entry).
+
+/// Guest-physical load address of the code (above the 1 MiB boot area).
+const LOAD_ADDR: u64 = 0x100_0000;
+const EHDR_LEN: u64 = 64;
+const PHDR_LEN: u64 = 56;
+
+/// Prints `.` on COM1, spins a while, and repeats forever: a guest whose
+/// console output grows while it runs and stops growing while paused.
+pub const DOT_PRINTER: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xb0, b'.', // loop: mov al, '.'
+    0xee, // out dx, al
+    0xb9, 0x00, 0x10, 0x00, 0x00, // mov ecx, 0x1000
+    0xff, 0xc9, // spin: dec ecx
+    0x75, 0xfc, // jnz spin
+    0xeb, 0xf2, // jmp loop
+];
+
+/// An ELF64 x86_64 executable whose one PT_LOAD segment holds `code`,
+/// entered at its first byte.
+pub fn elf_kernel(code: &[u8]) -> Vec<u8> {
+    let file_len = EHDR_LEN + PHDR_LEN + code.len() as u64;
+    let entry = LOAD_ADDR + EHDR_LEN + PHDR_LEN;
+    let mut elf = Vec::with_capacity(file_len as usize);
+    // e_ident: magic, 64-bit, little-endian, version 1, System V ABI.
+    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+    elf.extend_from_slice(&[0; 8]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // e_type: EXEC
+    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // e_machine: x86-64
+    elf.extend_from_slice(&1u32.to_le_bytes()); // e_version
+    elf.extend_from_slice(&entry.to_le_bytes()); // e_entry
+    elf.extend_from_slice(&EHDR_LEN.to_le_bytes()); // e_phoff
+    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    elf.extend_from_slice(&(EHDR_LEN as u16).to_le_bytes()); // e_ehsize
+    elf.extend_from_slice(&(PHDR_LEN as u16).to_le_bytes()); // e_phentsize
+    elf.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    elf.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
+    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
+    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
+                                                // The program header: the whole file loaded at LOAD_ADDR.
+    elf.extend_from_slice(&1u32.to_le_bytes()); // p_type: LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // p_flags: R+X
+    elf.extend_from_slice(&0u64.to_le_bytes()); // p_offset
+    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_vaddr
+    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_paddr
+    elf.extend_from_slice(&file_len.to_le_bytes()); // p_filesz
+    elf.extend_from_slice(&file_len.to_le_bytes()); // p_memsz
+    elf.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
+    elf.extend_from_slice(code);
+    elf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_elf_header_points_at_the_code() {
+        let elf = elf_kernel(DOT_PRINTER);
+        assert_eq!(&elf[..4], b"\x7fELF");
+        let entry = u64::from_le_bytes(elf[24..32].try_into().unwrap());
+        let offset = (entry - LOAD_ADDR) as usize;
+        assert_eq!(&elf[offset..], DOT_PRINTER);
+    }
+}
