@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 /// answered before closing (or within 5 s).
 fn raw_exchange(sock: &std::path::Path, bytes: &[u8]) -> String {
     let mut stream = UnixStream::connect(sock).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     // The server may close before reading everything (oversized input).
     let _ = stream.write_all(bytes);
     let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -56,9 +58,21 @@ fn hostile_clients_get_clear_errors_and_the_vm_keeps_running() {
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("garbage", b"\x00\x01\x02\x03\r\n\r\n".to_vec(), 400),
         ("no version", b"GET /\r\n\r\n".to_vec(), 400),
-        ("bad header", b"GET / HTTP/1.1\r\nNoColon\r\n\r\n".to_vec(), 400),
-        ("bad length", b"PUT /vm HTTP/1.1\r\nContent-Length: x\r\n\r\n".to_vec(), 400),
-        ("chunked", b"PUT /vm HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 501),
+        (
+            "bad header",
+            b"GET / HTTP/1.1\r\nNoColon\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "bad length",
+            b"PUT /vm HTTP/1.1\r\nContent-Length: x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "chunked",
+            b"PUT /vm HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            501,
+        ),
         ("huge headers", big_headers.into_bytes(), 431),
         ("huge body", big_body.into_bytes(), 413),
     ];
@@ -72,18 +86,57 @@ fn hostile_clients_get_clear_errors_and_the_vm_keeps_running() {
     for (method, path, body, needle) in [
         ("PUT", "/machine-config", "{", "invalid JSON"),
         ("PUT", "/machine-config", "null", "JSON object"),
-        ("PUT", "/machine-config", r#"{"vcpu_count": true, "mem_size_mib": 32}"#, "invalid type"),
-        ("PUT", "/machine-config", r#"{"vcpu_count": 1, "mem_size_mib": 32, "gpu": 1}"#, "unknown field"),
-        ("PUT", "/boot-source", r#"{"kernel_image_path": 7}"#, "invalid type"),
-        ("PUT", "/actions", r#"{"action_type": "Detonate"}"#, "unknown variant"),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": true, "mem_size_mib": 32}"#,
+            "invalid type",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 32, "gpu": 1}"#,
+            "unknown field",
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            r#"{"kernel_image_path": 7}"#,
+            "invalid type",
+        ),
+        (
+            "PUT",
+            "/actions",
+            r#"{"action_type": "Detonate"}"#,
+            "unknown variant",
+        ),
         ("PUT", "/actions", "", "needs a JSON body"),
-        ("PATCH", "/vm", r#"{"state": "Paused", "extra": 1}"#, "unknown field"),
-        ("PUT", "/drives/x", r#"{"drive_id": "y", "path_on_host": "/a", "is_root_device": false}"#, "does not match"),
-        ("PUT", "/logger", r#"{"level": "Chatty"}"#, "unknown log level"),
+        (
+            "PATCH",
+            "/vm",
+            r#"{"state": "Paused", "extra": 1}"#,
+            "unknown field",
+        ),
+        (
+            "PUT",
+            "/drives/x",
+            r#"{"drive_id": "y", "path_on_host": "/a", "is_root_device": false}"#,
+            "does not match",
+        ),
+        (
+            "PUT",
+            "/logger",
+            r#"{"level": "Chatty"}"#,
+            "unknown log level",
+        ),
     ] {
         let response = vm.call(method, path, body);
         assert_eq!(response.status, 400, "{path} {body}: {response:?}");
-        assert!(response.body.contains(needle), "{path} {body}: {}", response.body);
+        assert!(
+            response.body.contains(needle),
+            "{path} {body}: {}",
+            response.body
+        );
     }
     assert_eq!(vm.call("GET", "/nowhere", "").status, 404);
     let wrong = vm.call("DELETE", "/vm", "");
@@ -94,17 +147,27 @@ fn hostile_clients_get_clear_errors_and_the_vm_keeps_running() {
     // a body and disconnects, and many idle ones: none of them delays a
     // well-behaved client.
     let mut stalled = UnixStream::connect(&sock).unwrap();
-    stalled.write_all(b"PUT /machine-config HTTP/1.1\r\nContent-Le").unwrap();
+    stalled
+        .write_all(b"PUT /machine-config HTTP/1.1\r\nContent-Le")
+        .unwrap();
     let mut half_body = UnixStream::connect(&sock).unwrap();
     half_body
         .write_all(b"PATCH /vm HTTP/1.1\r\nContent-Length: 20\r\n\r\n{\"state\": \"Pa")
         .unwrap();
     drop(half_body);
-    let idle: Vec<UnixStream> = (0..100).map(|_| UnixStream::connect(&sock).unwrap()).collect();
+    let idle: Vec<UnixStream> = (0..100)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
     let started = Instant::now();
     let mut other = ApiClient::connect(&sock, Duration::from_secs(1)).unwrap();
-    assert_eq!(other.request("GET", "/machine-config", "").unwrap().status, 200);
-    assert!(started.elapsed() < Duration::from_secs(2), "served past stalled clients");
+    assert_eq!(
+        other.request("GET", "/machine-config", "").unwrap().status,
+        200
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "served past stalled clients"
+    );
     drop(idle);
 
     // Thousands of requests, keep-alive and one connection each.
@@ -114,7 +177,11 @@ fn hostile_clients_get_clear_errors_and_the_vm_keeps_running() {
     }
     for i in 0..500 {
         let mut client = ApiClient::connect(&sock, Duration::from_secs(1)).unwrap();
-        assert_eq!(client.request("GET", "/", "").unwrap().status, 200, "connection {i}");
+        assert_eq!(
+            client.request("GET", "/", "").unwrap().status,
+            200,
+            "connection {i}"
+        );
     }
     // Pipelined requests on one connection are answered in order.
     let mut pipelined = ApiClient::connect(&sock, Duration::from_secs(1)).unwrap();
@@ -122,14 +189,22 @@ fn hostile_clients_get_clear_errors_and_the_vm_keeps_running() {
         .stream()
         .write_all(b"GET /version HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n")
         .unwrap();
-    let statuses: Vec<u16> = (0..3).map(|_| pipelined.read_response().unwrap().status).collect();
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| pipelined.read_response().unwrap().status)
+        .collect();
     assert_eq!(statuses, [200, 404, 200]);
     // curl's Expect: 100-continue gets its interim answer.
     let mut expecting = ApiClient::connect(&sock, Duration::from_secs(1)).unwrap();
     let body = r#"{"state": "Resumed"}"#;
     expecting
         .stream()
-        .write_all(format!("PATCH /vm HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes())
+        .write_all(
+            format!(
+                "PATCH /vm HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
         .unwrap();
     let mut interim = [0u8; 25];
     expecting.stream().read_exact(&mut interim).unwrap();
@@ -142,12 +217,24 @@ fn hostile_clients_get_clear_errors_and_the_vm_keeps_running() {
     assert_eq!(vm.call("GET", "/vm/config", "").body, config_before);
     if running {
         assert_eq!(vm.state(), "Running");
-        assert!(vm.guest_runs(Duration::from_secs(5)), "the guest still prints");
+        assert!(
+            vm.guest_runs(Duration::from_secs(5)),
+            "the guest still prints"
+        );
     }
     // The stalled client is eventually dropped (10 s); the server was never stuck.
-    stalled.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
     let mut rest = Vec::new();
     let closed = stalled.read_to_end(&mut rest);
-    assert!(closed.is_ok(), "the stalled client was closed by the server: {closed:?}");
-    assert!(vm.child.try_wait().unwrap().is_none(), "brique still runs: {}", vm.stderr());
+    assert!(
+        closed.is_ok(),
+        "the stalled client was closed by the server: {closed:?}"
+    );
+    assert!(
+        vm.child.try_wait().unwrap().is_none(),
+        "brique still runs: {}",
+        vm.stderr()
+    );
 }
