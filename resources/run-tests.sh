@@ -4,7 +4,7 @@
 #   formatting and clippy, unit tests, /dev/kvm tests with tiny guests,
 #   end-to-end tests booting real Linux guests in the nested-KVM test host,
 #   the aarch64 cross-build (Debian's rustc-web with the arm64 std), and a
-#   short fuzzing run of the virtio-blk request parser.
+#   short fuzzing runs of the virtio-blk request parser and the API parsers.
 # Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -49,10 +49,12 @@ test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace 2>&1 | tee "$test_log"
 
-step "fuzzing: virtio-blk request parsing, briefly (cargo-fuzz, libFuzzer)"
+step "fuzzing: virtio-blk requests and API requests, briefly (cargo-fuzz, libFuzzer)"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
-(cd fuzz && cargo fuzz run --sanitizer none virtio_blk_request -- \
-    -max_total_time="${BRIQUE_FUZZ_SECONDS:-30}")
+for target in virtio_blk_request api_request; do
+    (cd fuzz && cargo fuzz run --sanitizer none "$target" -- \
+        -max_total_time="${BRIQUE_FUZZ_SECONDS:-30}")
+done
 
 # One closing line for the whole run.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
