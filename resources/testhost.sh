@@ -69,6 +69,7 @@ done
 cp "$TESTHOST_MODULES"/*.ko "$stage/lib/modules/"
 copy_with_libs "$brique_bin" /brique/bin/brique
 copy_with_libs "$(command -v debugfs)" /bin/debugfs
+copy_with_libs "$(command -v curl)" /bin/curl
 cp "$GUEST_VMLINUX" "$GUEST_BZIMAGE" "$GUEST_INITRAMFS" "$GUEST_ROOTFS" "$stage/brique/artifacts/"
 if [ -n "$with_dir" ]; then cp -a "$with_dir/." "$stage/brique/with/"; fi
 if [ "$with_qemu" = 1 ]; then
