@@ -83,14 +83,24 @@ fn full_lifecycle_through_curl_only() {
     // Configuration before start.
     assert!(api("API GET /", 0).contains(r#""state":"Not started""#));
     assert!(api("API GET /", 0).contains(r#""id":"e2e-vm""#));
-    for put in ["API PUT /machine-config", "API PUT /boot-source", "API PUT /drives/data"] {
+    for put in [
+        "API PUT /machine-config",
+        "API PUT /boot-source",
+        "API PUT /drives/data",
+    ] {
         assert!(api(put, 0).ends_with("HTTP=204"), "{}", api(put, 0));
     }
     assert!(api("API PUT /network-interfaces/eth0", 0).ends_with("HTTP=204"));
     assert!(api("API PUT /metrics", 0).ends_with("HTTP=204"));
     let early_pause = api("API PATCH /vm", 0);
-    assert!(early_pause.contains("not started") && early_pause.ends_with("HTTP=400"), "{early_pause}");
-    assert!(api("API PUT /actions", 0).ends_with("HTTP=204"), "InstanceStart");
+    assert!(
+        early_pause.contains("not started") && early_pause.ends_with("HTTP=400"),
+        "{early_pause}"
+    );
+    assert!(
+        api("API PUT /actions", 0).ends_with("HTTP=204"),
+        "InstanceStart"
+    );
     // Running, guest on the network; paused: silent; resumed: back.
     assert!(console.contains("[guest] GUEST_READY"), "{console}");
     assert!(api("API GET /", 1).contains(r#""state":"Running""#));
@@ -102,24 +112,42 @@ fn full_lifecycle_through_curl_only() {
     assert!(console.contains("PING_RESUMED_OK"), "{console}");
     // Pre-boot-only request refused at runtime.
     let late = api("API PUT /machine-config", 1);
-    assert!(late.contains("before InstanceStart") && late.ends_with("HTTP=400"), "{late}");
+    assert!(
+        late.contains("before InstanceStart") && late.ends_with("HTTP=400"),
+        "{late}"
+    );
     // Drive: the guest read it, then saw the new file's size (16 MiB).
-    assert!(console.contains("[guest] DRIVE_SAYS hello from drive1"), "{console}");
+    assert!(
+        console.contains("[guest] DRIVE_SAYS hello from drive1"),
+        "{console}"
+    );
     assert!(console.contains("[guest] VDA_SECTORS=8192"), "{console}");
     assert!(api("API PATCH /drives/data", 0).ends_with("HTTP=204"));
     assert!(console.contains("[guest] VDA_SECTORS=32768"), "{console}");
     assert!(api("API GET /vm/config", 0).contains("/tmp/data2.img"));
     // Metrics: block reads and network traffic counted.
-    assert!(api("API PUT /actions", 1).ends_with("HTTP=204"), "FlushMetrics");
+    assert!(
+        api("API PUT /actions", 1).ends_with("HTTP=204"),
+        "FlushMetrics"
+    );
     let metrics = console
         .lines()
         .find_map(|l| l.strip_prefix("METRICS "))
         .unwrap_or_else(|| panic!("no metrics line:\n{console}"));
     assert!(metrics.contains(r#""block":{"data":{"#), "{metrics}");
-    assert!(!metrics.contains(r#""read_bytes":0"#), "the guest read the drive: {metrics}");
-    assert!(!metrics.contains(r#""rx_packets":0"#), "pings reached the guest: {metrics}");
+    assert!(
+        !metrics.contains(r#""read_bytes":0"#),
+        "the guest read the drive: {metrics}"
+    );
+    assert!(
+        !metrics.contains(r#""rx_packets":0"#),
+        "pings reached the guest: {metrics}"
+    );
     // Ctrl-Alt-Del: the guest reboots, brique ends cleanly and removes its socket.
-    assert!(api("API PUT /actions", 2).ends_with("HTTP=204"), "SendCtrlAltDel");
+    assert!(
+        api("API PUT /actions", 2).ends_with("HTTP=204"),
+        "SendCtrlAltDel"
+    );
     assert!(console.contains("CAD_EXIT=0"), "{console}");
     assert!(!console.contains("SOCKET_LEFT_BEHIND"), "{console}");
 }

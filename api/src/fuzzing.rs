@@ -12,7 +12,11 @@ use crate::routes;
 pub fn run(data: &[u8]) {
     let mut rest = data;
     while let Ok(ParseOutcome::Complete(request, used)) = parse_request(rest) {
-        assert!(used > 0 && used <= rest.len(), "consumed {used} of {}", rest.len());
+        assert!(
+            used > 0 && used <= rest.len(),
+            "consumed {used} of {}",
+            rest.len()
+        );
         assert!(request.body.len() <= MAX_BODY_BYTES);
         assert!(used - request.body.len() <= MAX_HEADER_BYTES);
         if let Err(err) = routes::parse(&request) {

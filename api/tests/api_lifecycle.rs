@@ -3,6 +3,9 @@
 //! state-dependent refusals that change nothing, metrics and the logger.
 //! Without /dev/kvm the tests that need a started VM say SKIPPED loudly.
 
+// Test helpers outside #[test] functions fail loudly too.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use brique_tests::kvm_available;

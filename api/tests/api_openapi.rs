@@ -4,6 +4,9 @@
 //! is answered with a documented status, successfully, and with a body that
 //! matches the documented schema.
 
+// Test helpers outside #[test] functions fail loudly too.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use brique_api::routes::ROUTES;

@@ -4,6 +4,9 @@
 //! drops the connection), keeps serving everyone else, and the microVM
 //! (a tiny guest on /dev/kvm) keeps running throughout.
 
+// Test helpers outside #[test] functions fail loudly too.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use brique_tests::api_client::ApiClient;

@@ -3,8 +3,10 @@
 //! both and the ratios brique/QEMU (below 1 means brique is better).
 //!
 //! `brique-bench boot` runs where KVM can boot Linux: inside the test host
-//! (`resources/bench-boot.sh` does that).
+//! (`resources/bench-boot.sh` does that). `brique-bench api` runs on any
+//! /dev/kvm (`resources/bench-api.sh`).
 
+mod api;
 mod boot;
 mod smaps;
 mod stats;
@@ -53,10 +55,37 @@ enum Bench {
         #[arg(long, default_value_t = 180)]
         timeout: u64,
     },
+    /// Control API round-trip latency (p50, p99), brique's REST API vs QEMU's QMP.
+    Api {
+        /// Measured round trips per operation (plus 10% warm-up).
+        #[arg(long, default_value_t = 1000)]
+        iterations: usize,
+        /// The brique binary.
+        #[arg(long)]
+        brique: PathBuf,
+        /// The qemu-system-x86_64 binary.
+        #[arg(long)]
+        qemu: PathBuf,
+        /// QEMU's firmware directory (-L).
+        #[arg(long)]
+        qemu_datadir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     match Args::parse().command {
+        Bench::Api {
+            iterations,
+            brique,
+            qemu,
+            qemu_datadir,
+        } => match run_api(iterations, &brique, &qemu, qemu_datadir.as_ref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("brique-bench: {err}");
+                ExitCode::FAILURE
+            }
+        },
         Bench::Boot {
             runs,
             brique,
@@ -85,6 +114,53 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn run_api(
+    iterations: usize,
+    brique: &std::path::Path,
+    qemu: &std::path::Path,
+    qemu_datadir: Option<&PathBuf>,
+) -> Result<(), api::ApiBenchError> {
+    let scratch = std::env::temp_dir().join(format!("brique-bench-api-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|source| api::ApiBenchError::Io {
+        what: "scratch directory".into(),
+        source,
+    })?;
+    let b = api::measure_brique(brique, &scratch, iterations);
+    let q = api::measure_qemu(qemu, qemu_datadir, &scratch, iterations);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (b, q) = (b?, q?);
+    println!(
+        "\napi benchmark: {iterations} round trips each, one kept-open connection, tiny guest on /dev/kvm"
+    );
+    println!("(brique REST over its Unix socket vs QEMU microvm QMP; ratio brique/QEMU, below 1 is better)");
+    for (name, brique_us, qemu_us) in [
+        (
+            "query: GET /machine-config vs query-status",
+            &b.query,
+            &q.query,
+        ),
+        (
+            "pause+resume: PATCH /vm x2 vs stop+cont",
+            &b.pause_resume,
+            &q.pause_resume,
+        ),
+    ] {
+        for p in [50.0, 99.0] {
+            let (Some(bv), Some(qv)) = (
+                stats::percentile(brique_us, p),
+                stats::percentile(qemu_us, p),
+            ) else {
+                continue;
+            };
+            println!(
+                "  {name} p{p:.0}: brique {bv:.0} us | qemu {qv:.0} us | ratio {:.3}",
+                bv / qv
+            );
+        }
+    }
+    Ok(())
 }
 
 fn run_boot(

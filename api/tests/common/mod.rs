@@ -2,6 +2,8 @@
 //! the tiny dot-printing guest ready to boot, for the API tests.
 
 #![allow(dead_code)]
+// Test support: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used)]
 
 use brique_tests::api_client::{ApiClient, ApiResponse};
 use brique_tests::tiny_guest::{elf_kernel, DOT_PRINTER};
