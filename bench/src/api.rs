@@ -52,8 +52,32 @@ impl Drop for Guard {
     }
 }
 
-fn micros(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64() * 1e6
+/// The two measured operations.
+#[derive(Debug, Clone, Copy)]
+enum Operation {
+    Query,
+    PauseResume,
+}
+
+/// Times `iterations` rounds of both operations (after 10% warm-up rounds).
+fn sample(
+    iterations: usize,
+    mut run: impl FnMut(Operation) -> Result<(), ApiBenchError>,
+) -> Result<Latencies, ApiBenchError> {
+    let mut latencies = Latencies::default();
+    for round in 0..iterations + iterations / 10 {
+        let start = Instant::now();
+        run(Operation::Query)?;
+        let query = start.elapsed().as_secs_f64() * 1e6;
+        let start = Instant::now();
+        run(Operation::PauseResume)?;
+        let pause_resume = start.elapsed().as_secs_f64() * 1e6;
+        if round >= iterations / 10 {
+            latencies.query.push(query);
+            latencies.pause_resume.push(pause_resume);
+        }
+    }
+    Ok(latencies)
 }
 
 /// Measures brique: `iterations` of each operation.
@@ -105,20 +129,13 @@ pub fn measure_brique(
         r#"{"action_type": "InstanceStart"}"#,
         204,
     )?;
-    let mut latencies = Latencies::default();
-    for round in 0..iterations + iterations / 10 {
-        let start = Instant::now();
-        call("GET", "/machine-config", "", 200)?;
-        let query = micros(start);
-        let start = Instant::now();
-        call("PATCH", "/vm", r#"{"state": "Paused"}"#, 204)?;
-        call("PATCH", "/vm", r#"{"state": "Resumed"}"#, 204)?;
-        let pause_resume = micros(start);
-        if round >= iterations / 10 {
-            latencies.query.push(query);
-            latencies.pause_resume.push(pause_resume);
+    let latencies = sample(iterations, |operation| match operation {
+        Operation::Query => call("GET", "/machine-config", "", 200),
+        Operation::PauseResume => {
+            call("PATCH", "/vm", r#"{"state": "Paused"}"#, 204)?;
+            call("PATCH", "/vm", r#"{"state": "Resumed"}"#, 204)
         }
-    }
+    })?;
     let _ = std::fs::remove_file(&sock);
     Ok(latencies)
 }
@@ -205,20 +222,13 @@ pub fn measure_qemu(
         .map_err(io("start qemu"))?;
     let _guard = Guard(child);
     let mut qmp = Qmp::connect(&sock)?;
-    let mut latencies = Latencies::default();
-    for round in 0..iterations + iterations / 10 {
-        let start = Instant::now();
-        qmp.execute("query-status")?;
-        let query = micros(start);
-        let start = Instant::now();
-        qmp.execute("stop")?;
-        qmp.execute("cont")?;
-        let pause_resume = micros(start);
-        if round >= iterations / 10 {
-            latencies.query.push(query);
-            latencies.pause_resume.push(pause_resume);
+    let latencies = sample(iterations, |operation| match operation {
+        Operation::Query => qmp.execute("query-status"),
+        Operation::PauseResume => {
+            qmp.execute("stop")?;
+            qmp.execute("cont")
         }
-    }
+    })?;
     let _ = std::fs::remove_file(&sock);
     Ok(latencies)
 }

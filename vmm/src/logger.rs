@@ -5,7 +5,6 @@
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -196,16 +195,10 @@ pub fn configure(config: &LoggerConfig) -> Result<(), LoggerError> {
         .log_path
         .as_ref()
         .map(|path| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create(true)
-                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-                .open(path)
-                .map_err(|source| LoggerError::Open {
-                    path: path.clone(),
-                    source,
-                })
+            crate::metrics::open_sink(path).map_err(|source| LoggerError::Open {
+                path: path.clone(),
+                source,
+            })
         })
         .transpose()?;
     let mut settings = LOGGER.settings();

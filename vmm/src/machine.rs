@@ -7,7 +7,7 @@ use crate::config::{ConfigError, HostLimits, VmConfig};
 use crate::console::ConsoleInput;
 use crate::event_loop::{EventLoop, EventLoopError, GuestSignal, GuestSignalWatcher, Subscriber};
 use crate::legacy::{self, LegacyDevices};
-use crate::metrics::{BlockDeviceMetrics, DeviceMetrics, NetDeviceMetrics, METRICS};
+use crate::metrics::{DeviceMetrics, METRICS};
 use crate::vcpu::{self, IoBuses, Vcpu, VcpuControl, VcpuStop};
 use crate::virtio_devices::{
     attach_drives, attach_network_interfaces, open_disk, AttachedDevices, VirtioSetupError,
@@ -488,38 +488,18 @@ impl Machine {
     pub fn device_metrics(&self) -> DeviceMetrics {
         let mut metrics = DeviceMetrics::default();
         for (id, block) in &self.devices.drives {
-            let c = block
+            let counters = block
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .counters();
-            metrics.block.insert(
-                id.clone(),
-                BlockDeviceMetrics {
-                    requests_ok: c.completed,
-                    requests_failed: c.failed,
-                    requests_dropped: c.dropped,
-                    read_bytes: c.read_bytes,
-                    write_bytes: c.write_bytes,
-                    flushes: c.flushes,
-                },
-            );
+            metrics.block.insert(id.clone(), counters);
         }
         for (id, net) in &self.devices.nets {
-            let c = net
+            let counters = net
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .counters();
-            metrics.net.insert(
-                id.clone(),
-                NetDeviceMetrics {
-                    rx_packets: c.rx_packets,
-                    rx_bytes: c.rx_bytes,
-                    rx_dropped: c.rx_dropped,
-                    tx_packets: c.tx_packets,
-                    tx_bytes: c.tx_bytes,
-                    tx_dropped: c.tx_dropped,
-                },
-            );
+            metrics.net.insert(id.clone(), counters);
         }
         metrics
     }

@@ -5,6 +5,8 @@
 //! Values are cumulative since brique started; a reader wanting rates
 //! subtracts consecutive lines.
 
+use brique_devices::virtio::block::BlockCounters;
+use brique_devices::virtio::net::NetCounters;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -103,47 +105,13 @@ impl Metrics {
 /// The process's counters.
 pub static METRICS: Metrics = Metrics::new();
 
-/// Counters of one block device, as written.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct BlockDeviceMetrics {
-    /// Requests completed OK.
-    pub requests_ok: u64,
-    /// Requests completed with an error status.
-    pub requests_failed: u64,
-    /// Chains returned without a status (unanswerable).
-    pub requests_dropped: u64,
-    /// Bytes read by the guest.
-    pub read_bytes: u64,
-    /// Bytes written by the guest.
-    pub write_bytes: u64,
-    /// Flushes completed.
-    pub flushes: u64,
-}
-
-/// Counters of one network interface, as written.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct NetDeviceMetrics {
-    /// Frames delivered to the guest.
-    pub rx_packets: u64,
-    /// Bytes delivered to the guest.
-    pub rx_bytes: u64,
-    /// Frames from the tap that could not be delivered.
-    pub rx_dropped: u64,
-    /// Frames sent to the tap.
-    pub tx_packets: u64,
-    /// Bytes sent to the tap.
-    pub tx_bytes: u64,
-    /// Guest frames dropped (too large, bad buffers).
-    pub tx_dropped: u64,
-}
-
 /// The devices' counters at one instant, by drive and interface id.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct DeviceMetrics {
     /// Block devices by drive_id.
-    pub block: BTreeMap<String, BlockDeviceMetrics>,
+    pub block: BTreeMap<String, BlockCounters>,
     /// Network interfaces by iface_id.
-    pub net: BTreeMap<String, NetDeviceMetrics>,
+    pub net: BTreeMap<String, NetCounters>,
 }
 
 /// One line of the metrics file.
@@ -170,6 +138,18 @@ pub enum MetricsError {
     Write(std::io::Error),
 }
 
+/// Opens a file or FIFO that log or metrics lines are appended to: created
+/// if missing, non-blocking (a FIFO nobody reads never stalls brique; read
+/// access lets a FIFO open without a reader).
+pub(crate) fn open_sink(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+}
+
 /// Appends metrics lines to a file or FIFO.
 #[derive(Debug)]
 pub struct MetricsWriter {
@@ -181,16 +161,10 @@ impl MetricsWriter {
     /// Opens (creating a regular file if missing) `path` for appending.
     /// Non-blocking, so that a FIFO nobody reads never stalls the VMM.
     pub fn open(path: &Path) -> Result<Self, MetricsError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|source| MetricsError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+        let file = open_sink(path).map_err(|source| MetricsError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(Self {
             file,
             path: path.to_owned(),
@@ -231,14 +205,14 @@ mod tests {
         let mut devices = DeviceMetrics::default();
         devices.block.insert(
             "rootfs".into(),
-            BlockDeviceMetrics {
+            BlockCounters {
                 read_bytes: 4096,
                 ..Default::default()
             },
         );
         devices
             .net
-            .insert("eth0".into(), NetDeviceMetrics::default());
+            .insert("eth0".into(), NetCounters::default());
         METRICS.api.requests.inc();
         writer.write(&devices).unwrap();
         METRICS.api.requests.inc();

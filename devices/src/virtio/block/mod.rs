@@ -32,8 +32,8 @@ const MAX_DEALLOCATE_SECTORS: u32 = u32::MAX / 512;
 /// Configuration space length (through write_zeroes_may_unmap).
 const CONFIG_LEN: usize = 60;
 
-/// Counters of one block device.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// Counters of one block device (written as they are in metrics lines).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct BlockCounters {
     /// Requests completed OK.
     pub completed: u64,

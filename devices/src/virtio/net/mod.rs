@@ -62,8 +62,8 @@ pub enum RxState {
     OutOfBuffers,
 }
 
-/// Counters of one interface.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// Counters of one interface (written as they are in metrics lines).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct NetCounters {
     /// Frames delivered to the guest.
     pub rx_packets: u64,
