@@ -89,9 +89,7 @@ fn pre_boot_configuration_and_refusals_change_nothing() {
             "not configured",
         ),
     ] {
-        let response = vm.call(method, path, body);
-        assert_eq!(response.status, 400, "{path} {body}: {response:?}");
-        assert!(response.body.contains(needle), "{path}: {}", response.body);
+        vm.refused(method, path, body, needle);
     }
     assert_eq!(
         vm.call("GET", "/vm/config", "").body,

@@ -23,6 +23,20 @@ struct Args {
     command: Bench,
 }
 
+/// The two VMMs compared.
+#[derive(Debug, clap::Args)]
+struct Vmms {
+    /// The brique binary.
+    #[arg(long)]
+    brique: PathBuf,
+    /// The qemu-system-x86_64 binary.
+    #[arg(long)]
+    qemu: PathBuf,
+    /// QEMU's firmware directory (-L).
+    #[arg(long)]
+    qemu_datadir: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Bench {
     /// Time to guest init and VMM memory overhead, brique vs QEMU microvm.
@@ -30,15 +44,8 @@ enum Bench {
         /// Boots per VMM.
         #[arg(long, default_value_t = 5)]
         runs: u32,
-        /// The brique binary.
-        #[arg(long)]
-        brique: PathBuf,
-        /// The qemu-system-x86_64 binary.
-        #[arg(long)]
-        qemu: PathBuf,
-        /// QEMU's firmware directory (-L).
-        #[arg(long)]
-        qemu_datadir: Option<PathBuf>,
+        #[command(flatten)]
+        vmms: Vmms,
         /// Guest kernel (ELF vmlinux).
         #[arg(long)]
         kernel: PathBuf,
@@ -60,26 +67,14 @@ enum Bench {
         /// Measured round trips per operation (plus 10% warm-up).
         #[arg(long, default_value_t = 1000)]
         iterations: usize,
-        /// The brique binary.
-        #[arg(long)]
-        brique: PathBuf,
-        /// The qemu-system-x86_64 binary.
-        #[arg(long)]
-        qemu: PathBuf,
-        /// QEMU's firmware directory (-L).
-        #[arg(long)]
-        qemu_datadir: Option<PathBuf>,
+        #[command(flatten)]
+        vmms: Vmms,
     },
 }
 
 fn main() -> ExitCode {
     match Args::parse().command {
-        Bench::Api {
-            iterations,
-            brique,
-            qemu,
-            qemu_datadir,
-        } => match run_api(iterations, &brique, &qemu, qemu_datadir.as_ref()) {
+        Bench::Api { iterations, vmms } => match run_api(iterations, &vmms) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("brique-bench: {err}");
@@ -88,9 +83,7 @@ fn main() -> ExitCode {
         },
         Bench::Boot {
             runs,
-            brique,
-            qemu,
-            qemu_datadir,
+            vmms,
             kernel,
             initrd,
             mem_mib,
@@ -105,7 +98,7 @@ fn main() -> ExitCode {
                 timeout: Duration::from_secs(timeout),
                 scratch: std::env::temp_dir(),
             };
-            match run_boot(runs, &brique, &qemu, qemu_datadir.as_ref(), &setup) {
+            match run_boot(runs, &vmms, &setup) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("brique-bench: {err}");
@@ -116,19 +109,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_api(
-    iterations: usize,
-    brique: &std::path::Path,
-    qemu: &std::path::Path,
-    qemu_datadir: Option<&PathBuf>,
-) -> Result<(), api::ApiBenchError> {
+fn run_api(iterations: usize, vmms: &Vmms) -> Result<(), api::ApiBenchError> {
     let scratch = std::env::temp_dir().join(format!("brique-bench-api-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(|source| api::ApiBenchError::Io {
         what: "scratch directory".into(),
         source,
     })?;
-    let b = api::measure_brique(brique, &scratch, iterations);
-    let q = api::measure_qemu(qemu, qemu_datadir, &scratch, iterations);
+    let b = api::measure_brique(&vmms.brique, &scratch, iterations);
+    let q = api::measure_qemu(&vmms.qemu, vmms.qemu_datadir.as_ref(), &scratch, iterations);
     let _ = std::fs::remove_dir_all(&scratch);
     let (b, q) = (b?, q?);
     println!(
@@ -163,13 +151,8 @@ fn run_api(
     Ok(())
 }
 
-fn run_boot(
-    runs: u32,
-    brique: &PathBuf,
-    qemu: &PathBuf,
-    qemu_datadir: Option<&PathBuf>,
-    setup: &boot::BootSetup,
-) -> Result<(), boot::BootBenchError> {
+fn run_boot(runs: u32, vmms: &Vmms, setup: &boot::BootSetup) -> Result<(), boot::BootBenchError> {
+    let (brique, qemu, qemu_datadir) = (&vmms.brique, &vmms.qemu, vmms.qemu_datadir.as_ref());
     let mut brique_samples = Vec::new();
     let mut qemu_samples = Vec::new();
     // Interleaved, so that drift in the host affects both alike.

@@ -210,9 +210,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        devices
-            .net
-            .insert("eth0".into(), NetCounters::default());
+        devices.net.insert("eth0".into(), NetCounters::default());
         METRICS.api.requests.inc();
         writer.write(&devices).unwrap();
         METRICS.api.requests.inc();

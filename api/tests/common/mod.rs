@@ -61,6 +61,19 @@ impl Brique {
         assert_eq!(response.status, 204, "{method} {path} {body}: {response:?}");
     }
 
+    /// Sends a request that must be refused with 400 and a fault message
+    /// containing `needle`.
+    pub fn refused(&mut self, method: &str, path: &str, body: &str, needle: &str) {
+        let response = self.call(method, path, body);
+        assert_eq!(response.status, 400, "{method} {path} {body}: {response:?}");
+        assert!(response.body.contains("fault_message"), "{response:?}");
+        assert!(
+            response.body.contains(needle),
+            "{method} {path} {body}: {}",
+            response.body
+        );
+    }
+
     /// Configures the tiny guest (1 vCPU, 32 MiB, one data drive).
     pub fn configure_tiny_guest(&mut self) {
         let kernel = self.path("tiny.elf");
