@@ -274,3 +274,69 @@ fn handle_exit(exit: VcpuExit<'_>, buses: &IoBuses) -> Option<VcpuStop> {
         other => Some(VcpuStop::UnexpectedExit(format!("{other:?}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    /// Threads that do what a vCPU thread does between KVM_RUN calls.
+    fn spawn_workers(
+        control: &Arc<VcpuControl>,
+        count: usize,
+    ) -> (Arc<AtomicU64>, Vec<std::thread::JoinHandle<()>>) {
+        let progress = Arc::new(AtomicU64::new(0));
+        let threads = (0..count)
+            .map(|_| {
+                let control = control.clone();
+                let progress = progress.clone();
+                std::thread::spawn(move || loop {
+                    control.park_if_paused();
+                    if control.stop_requested() {
+                        return;
+                    }
+                    progress.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(1));
+                })
+            })
+            .collect();
+        (progress, threads)
+    }
+
+    #[test]
+    fn pause_parks_every_thread_resume_releases_them_stop_ends_them() {
+        let control = Arc::new(VcpuControl::default());
+        let (progress, threads) = spawn_workers(&control, 3);
+        control.request_pause();
+        assert!(control.wait_parked(3, Duration::from_secs(5)));
+        let paused_at = progress.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(progress.load(Ordering::Relaxed), paused_at, "no progress while paused");
+        control.request_resume();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while progress.load(Ordering::Relaxed) == paused_at && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(progress.load(Ordering::Relaxed) > paused_at, "progress after resume");
+        // A stop also releases paused threads.
+        control.request_pause();
+        assert!(control.wait_parked(3, Duration::from_secs(5)));
+        control.request_stop();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(*control.parked(), 0);
+    }
+
+    #[test]
+    fn waiting_for_more_parked_threads_than_exist_times_out() {
+        let control = Arc::new(VcpuControl::default());
+        let (_, threads) = spawn_workers(&control, 1);
+        control.request_pause();
+        assert!(!control.wait_parked(2, Duration::from_millis(100)));
+        control.request_stop();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+    }
+}
