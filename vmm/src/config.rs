@@ -200,6 +200,19 @@ pub struct DriveConfig {
     /// Flush semantics.
     #[serde(default)]
     pub cache_type: CacheType,
+    /// Firecracker's I/O engine choice, accepted for compatibility: brique
+    /// serves either with the same synchronous positioned I/O.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_engine: Option<IoEngine>,
+}
+
+/// Firecracker's `io_engine` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IoEngine {
+    /// Synchronous I/O.
+    Sync,
+    /// io_uring in Firecracker; served synchronously by brique.
+    Async,
 }
 
 /// One entry of `network-interfaces`.
@@ -631,5 +644,21 @@ mod tests {
         );
         assert!(parse_mac("06:00:ac:10:00:02:03").is_err());
         assert!(parse_mac("0g:00:ac:10:00:02").is_err());
+    }
+
+    #[test]
+    fn firecracker_io_engine_is_accepted_and_kept() {
+        let drive: DriveConfig = serde_json::from_str(
+            r#"{"drive_id": "d", "path_on_host": "/x", "is_root_device": false, "io_engine": "Async"}"#,
+        )
+        .unwrap();
+        assert_eq!(drive.io_engine, Some(IoEngine::Async));
+        assert!(serde_json::to_string(&drive)
+            .unwrap()
+            .contains(r#""io_engine":"Async""#));
+        assert!(serde_json::from_str::<DriveConfig>(
+            r#"{"drive_id": "d", "path_on_host": "/x", "is_root_device": false, "io_engine": "Turbo"}"#
+        )
+        .is_err());
     }
 }

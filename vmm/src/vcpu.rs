@@ -311,13 +311,20 @@ mod tests {
         assert!(control.wait_parked(3, Duration::from_secs(5)));
         let paused_at = progress.load(Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(progress.load(Ordering::Relaxed), paused_at, "no progress while paused");
+        assert_eq!(
+            progress.load(Ordering::Relaxed),
+            paused_at,
+            "no progress while paused"
+        );
         control.request_resume();
         let deadline = Instant::now() + Duration::from_secs(5);
         while progress.load(Ordering::Relaxed) == paused_at && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert!(progress.load(Ordering::Relaxed) > paused_at, "progress after resume");
+        assert!(
+            progress.load(Ordering::Relaxed) > paused_at,
+            "progress after resume"
+        );
         // A stop also releases paused threads.
         control.request_pause();
         assert!(control.wait_parked(3, Duration::from_secs(5)));
