@@ -235,3 +235,22 @@ fn hostile_clients_get_clear_errors_and_the_vm_keeps_running() {
         vm.stderr()
     );
 }
+
+#[test]
+fn running_out_of_descriptors_makes_room_for_new_clients() {
+    // 32 descriptors: a few for brique itself, the rest for clients.
+    let mut vm = Brique::start_limited("fds", &[], Some(32));
+    let sock = vm.sock().to_owned();
+    let idle: Vec<UnixStream> = (0..60)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    let mut late = ApiClient::connect(&sock, Duration::from_secs(1)).unwrap();
+    assert_eq!(late.request("GET", "/", "").unwrap().status, 200);
+    drop(idle);
+    assert_eq!(vm.call("GET", "/version", "").status, 200);
+    assert!(
+        vm.child.try_wait().unwrap().is_none(),
+        "brique still runs: {}",
+        vm.stderr()
+    );
+}

@@ -23,6 +23,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes buffered per connection: one whole request at most.
 const MAX_INPUT: usize = MAX_HEADER_BYTES + MAX_BODY_BYTES;
 const LISTENER: u64 = u64::MAX;
+/// How long the listener rests after accept() failed for another reason.
+const ACCEPT_RETRY: Duration = Duration::from_secs(1);
 
 /// Errors of the server.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,7 @@ pub struct Server<F> {
     epoll: Epoll,
     connections: HashMap<RawFd, Connection>,
     serve: F,
+    accept_retry_at: Option<Instant>,
 }
 
 impl<F> std::fmt::Debug for Server<F> {
@@ -116,6 +119,7 @@ impl<F: FnMut(HttpRequest) -> Response> Server<F> {
             epoll,
             connections: HashMap::new(),
             serve,
+            accept_retry_at: None,
         })
     }
 
@@ -145,6 +149,17 @@ impl<F: FnMut(HttpRequest) -> Response> Server<F> {
             }
         }
         self.drop_stalled();
+        if self.accept_retry_at.is_some_and(|at| Instant::now() >= at) {
+            self.accept_retry_at = None;
+            self.epoll
+                .ctl(
+                    ControlOperation::Add,
+                    self.listener.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, LISTENER),
+                )
+                .map_err(ServerError::Epoll)?;
+            self.accept_all();
+        }
         Ok(())
     }
 
@@ -187,8 +202,23 @@ impl<F: FnMut(HttpRequest) -> Response> Server<F> {
                 }
                 Err(err) if err.kind() == ErrorKind::WouldBlock => return,
                 Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+                Err(err)
+                    if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+                        && !self.connections.is_empty() =>
+                {
+                    // Out of descriptors: make room, then take the new client.
+                    self.evict_one();
+                }
                 Err(err) => {
-                    log::warn!("API socket accept: {err}");
+                    // Level-triggered epoll would report the listener again at
+                    // once: stop watching it for a while instead of spinning.
+                    log::warn!("API socket accept: {err}; retrying in {ACCEPT_RETRY:?}");
+                    let _ = self.epoll.ctl(
+                        ControlOperation::Delete,
+                        self.listener.as_raw_fd(),
+                        EpollEvent::default(),
+                    );
+                    self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
                     return;
                 }
             }

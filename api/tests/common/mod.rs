@@ -22,6 +22,11 @@ pub struct Brique {
 impl Brique {
     /// Starts brique in a fresh directory with `extra` arguments.
     pub fn start(name: &str, extra: &[&str]) -> Self {
+        Self::start_limited(name, extra, None)
+    }
+
+    /// Starts brique allowed at most `max_fds` open descriptors (if given).
+    pub fn start_limited(name: &str, extra: &[&str], max_fds: Option<u64>) -> Self {
         let dir = std::env::temp_dir().join(format!("brique-api-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -29,7 +34,26 @@ impl Brique {
         std::fs::write(dir.join("disk.img"), vec![0u8; 1 << 20]).unwrap();
         std::fs::write(dir.join("bigger.img"), vec![0u8; 4 << 20]).unwrap();
         let sock = dir.join("api.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_brique"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_brique"));
+        if let Some(limit) = max_fds {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure runs in the forked child before exec and
+            // only calls setrlimit, which is async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = command
             .arg("--api-sock")
             .arg(&sock)
             .args(extra)
