@@ -30,16 +30,39 @@ JSON
         exec 3> "/tmp/$name.in"
         sleep 5
         cat "$BRIQUE_STDIN" >&3
-        wait "$pid"
+        wait_or_kill "$pid" "$name"
         status=$?
         exec 3>&-
     else
-        "$BRIQUE" --config-file "/tmp/$name.json" < /dev/null > "/tmp/$name.out" 2> "/tmp/$name.err"
+        "$BRIQUE" --config-file "/tmp/$name.json" < /dev/null > "/tmp/$name.out" 2> "/tmp/$name.err" &
+        wait_or_kill "$!" "$name"
         status=$?
     fi
     sed "s/^/[$name] /" "/tmp/$name.out"
     sed "s/^/[$name:stderr] /" "/tmp/$name.err"
     echo "BRIQUE_CASE $name exit=$status"
+}
+
+# wait_or_kill PID NAME: waits for brique to end; after $BRIQUE_CASE_TIMEOUT
+# seconds (default 300) says so with the state of each brique thread, kills
+# it, and returns its (killed) status, so that a hung case fails on its own
+# instead of holding up the whole test host.
+wait_or_kill() {
+    pid="$1" name="$2" limit="${BRIQUE_CASE_TIMEOUT:-300}"
+    ticks=0
+    while [ -e "/proc/$pid" ] && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ]; do
+        ticks=$((ticks + 1))
+        if [ "$ticks" -gt $((limit * 5)) ]; then
+            echo "BRIQUE_CASE_TIMEOUT $name: brique still runs after ${limit}s; its threads:"
+            for task in /proc/"$pid"/task/*; do
+                echo "  $(cat "$task/comm") state=$(cut -d' ' -f3 "$task/stat") wchan=$(cat "$task/wchan" 2>/dev/null)"
+            done
+            kill -9 "$pid"
+            break
+        fi
+        sleep 0.2
+    done
+    wait "$pid"
 }
 
 # wait_for_line FILE PREFIX PID SECONDS: waits until a line of FILE starts

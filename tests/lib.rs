@@ -63,8 +63,17 @@ impl HostRun {
         let out_prefix = format!("[{name}] ");
         let err_prefix = format!("[{name}:stderr] ");
         let end = format!("BRIQUE_CASE {name} exit=");
+        let timeout = format!("BRIQUE_CASE_TIMEOUT {name}:");
+        let mut in_timeout_report = false;
         for line in self.console.lines() {
             let line = line.trim_end_matches('\r');
+            // A hung case's report (and its thread list) goes with its stderr.
+            if line.starts_with(&timeout) || (in_timeout_report && line.starts_with("  ")) {
+                in_timeout_report = true;
+                stderr.push(line.to_owned());
+                continue;
+            }
+            in_timeout_report = false;
             if let Some(rest) = line.strip_prefix(&out_prefix) {
                 console.push(rest.to_owned());
             } else if let Some(rest) = line.strip_prefix(&err_prefix) {

@@ -262,6 +262,7 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
+        let event_idx = self.driver_features & super::VIRTIO_RING_F_EVENT_IDX != 0;
         let all_valid = self
             .queues
             .iter()
@@ -272,8 +273,9 @@ impl MmioTransport {
                 .zip(&self.queue_evts)
                 .map(|(queue, evt)| {
                     // The device gets its own copy of the driver's setup.
-                    let queue = Queue::try_from(queue.state())
+                    let mut queue = Queue::try_from(queue.state())
                         .map_err(|err| super::ActivateError::InvalidQueue(format!("{err:?}")))?;
+                    queue.set_event_idx(event_idx);
                     Ok(ActiveQueue {
                         queue,
                         notify: evt.try_clone().map_err(super::ActivateError::EventFd)?,

@@ -146,7 +146,15 @@ impl Block {
         let capacity = self.disk.capacity_sectors();
         let max_descriptors = usize::from(active.queue.size());
         let mut served = false;
-        while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+        loop {
+            let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) else {
+                // Re-arm the driver's notifications (with EVENT_IDX: where
+                // it must notify next); go on if it added requests meanwhile.
+                match active.queue.enable_notification(&active.mem) {
+                    Ok(true) => continue,
+                    _ => break,
+                }
+            };
             let head = chain.head_index();
             let used_len = match request::parse(chain, &active.mem, capacity, max_descriptors) {
                 Ok(req) => {
@@ -209,7 +217,7 @@ impl VirtioDevice for Block {
         if self.disk.cache() == CacheMode::Writeback {
             features |= 1 << VIRTIO_BLK_F_FLUSH;
         }
-        features | super::VIRTIO_F_VERSION_1
+        features | super::VIRTIO_F_VERSION_1 | super::VIRTIO_RING_F_EVENT_IDX
     }
 
     fn set_acked_features(&mut self, features: u64) {

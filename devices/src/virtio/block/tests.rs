@@ -354,3 +354,65 @@ fn replacing_the_disk_updates_capacity_generation_and_interrupts() {
     assert_ne!(irq_status & crate::virtio::INT_CONFIG, 0);
     std::fs::remove_file(&bigger).unwrap();
 }
+
+/// With EVENT_IDX: after draining the queue the device tells the driver to
+/// notify at the next request (avail_event = requests seen), and it raises
+/// an interrupt only when the used index passes the driver's used_event.
+#[test]
+fn event_idx_rearms_the_driver_and_suppresses_interrupts() {
+    const QSIZE: u16 = 16;
+    let f = Fixture::new("event-idx");
+    assert_ne!(
+        f.device(false, CacheMode::Unsafe).offered_features()
+            & crate::virtio::VIRTIO_RING_F_EVENT_IDX,
+        0
+    );
+    for (used_event, interrupt_expected) in [(5u16, false), (1u16, true)] {
+        let mut block = f.device(false, CacheMode::Unsafe);
+        f.mem
+            .write_slice(&[0u8; 0x1_0000], GuestAddress(0x4_0000))
+            .unwrap();
+        let mock = MockSplitQueue::create(&f.mem, GuestAddress(0x4_0000), QSIZE);
+        f.header(VIRTIO_BLK_T_IN, 0);
+        let mut chains = three(512, WRITE);
+        chains.extend(vec![
+            desc(HEADER, 16, NEXT, 4),
+            desc(DATA, 512, WRITE | NEXT, 5),
+            desc(STATUS, 1, WRITE, 0),
+        ]);
+        mock.add_desc_chains(&chains, 0).unwrap();
+        // used_event sits after the avail ring's entries.
+        let used_event_addr = GuestAddress(mock.avail_addr().0 + 4 + 2 * u64::from(QSIZE));
+        f.mem
+            .write_obj(used_event.to_le(), used_event_addr)
+            .unwrap();
+        let mut queue: Queue = mock.create_queue().unwrap();
+        // The mock lays its used ring over used_event: use a ring of our own.
+        const USED_RING: u64 = 0x5_0000;
+        queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
+        queue.set_event_idx(true);
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let interrupt = Interrupt::new(crate::EventFdTrigger::new(irq.try_clone().unwrap()));
+        block
+            .activate(
+                f.mem.clone(),
+                vec![ActiveQueue {
+                    queue,
+                    notify: EventFd::new(EFD_NONBLOCK).unwrap(),
+                }],
+                interrupt.clone(),
+            )
+            .unwrap();
+        block.process_queue();
+        let used_idx: u16 = f.mem.read_obj(GuestAddress(USED_RING + 2)).unwrap();
+        assert_eq!(u16::from_le(used_idx), 2, "both requests served");
+        let avail_event_addr = GuestAddress(USED_RING + 4 + 8 * u64::from(QSIZE));
+        let avail_event: u16 = f.mem.read_obj(avail_event_addr).unwrap();
+        assert_eq!(u16::from_le(avail_event), 2, "notify me at request 3");
+        assert_eq!(
+            irq.read().is_ok(),
+            interrupt_expected,
+            "used_event {used_event}"
+        );
+    }
+}

@@ -151,7 +151,15 @@ impl Net {
             return;
         };
         let mut sent_any = false;
-        while let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) {
+        loop {
+            let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) else {
+                // Re-arm the driver's notifications; go on if it queued
+                // frames meanwhile.
+                match active.tx.enable_notification(&active.mem) {
+                    Ok(true) => continue,
+                    _ => break,
+                }
+            };
             let head = chain.head_index();
             self.tx_frame.clear();
             let mut valid = true;
@@ -264,6 +272,12 @@ impl Net {
         let first_avail = active.rx.next_avail();
         while room < len {
             let Some(chain) = active.rx.pop_descriptor_chain(&active.mem) else {
+                // Ask the driver to notify when it adds buffers past the
+                // ones seen (with EVENT_IDX: avail_event = this index), and
+                // use them at once if some arrived meanwhile.
+                if active.rx.enable_notification(&active.mem).unwrap_or(false) {
+                    continue;
+                }
                 // Give every popped chain back; the frame waits for more.
                 active.rx.set_next_avail(first_avail);
                 return Delivery::NoBuffers;
@@ -367,7 +381,7 @@ impl VirtioDevice for Net {
         if self.mac.is_some() {
             features |= 1 << VIRTIO_NET_F_MAC;
         }
-        features | super::VIRTIO_F_VERSION_1
+        features | super::VIRTIO_F_VERSION_1 | super::VIRTIO_RING_F_EVENT_IDX
     }
 
     fn set_acked_features(&mut self, features: u64) {
