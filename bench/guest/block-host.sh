@@ -35,6 +35,6 @@ done
 echo
 echo "block benchmark: $runs runs each, 1 vCPU, O_DIRECT in the guest, queue depth 1, image in tmpfs"
 . ./report.sh
-report seqwrite MiBps
-report seqread MiBps
-report randread IOPS
+report "BLKBENCH seqwrite" MiBps
+report "BLKBENCH seqread" MiBps
+report "BLKBENCH randread" IOPS
