@@ -527,11 +527,17 @@ impl Machine {
                 },
             },
         };
-        // A panic report wins over the reset that `panic=N` leads to.
+        // A panic report wins over what the panicking guest does next:
+        // the reset that `panic=N` leads to, or a triple fault or crash
+        // while it prints its backtrace.
         let reason = match (self.panic_report.message(), reason) {
-            (Some(line), ExitReason::GuestReset | ExitReason::GuestPanic(_)) => {
-                ExitReason::GuestPanic(line)
-            }
+            (
+                Some(line),
+                ExitReason::GuestReset
+                | ExitReason::GuestPanic(_)
+                | ExitReason::TripleFault { .. }
+                | ExitReason::GuestCrash { .. },
+            ) => ExitReason::GuestPanic(line),
             (_, reason) => reason,
         };
         self.stop();

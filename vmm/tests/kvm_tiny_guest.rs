@@ -145,6 +145,23 @@ fn reboot_after_a_panic_line_is_reported_as_the_panic() {
 }
 
 #[test]
+fn triple_fault_after_a_panic_line_is_reported_as_the_panic() {
+    if !kvm_available() {
+        return;
+    }
+    // A panicking kernel can fault while it prints its backtrace.
+    let mut code = print_then_reset(b"Kernel panic - not syncing: sysrq triggered crash\n");
+    let reset = [0xb0, 0xfe, 0xe6, 0x64];
+    let at = code.windows(4).position(|w| w == reset).unwrap();
+    code[at..at + 4].copy_from_slice(&[0x0f, 0x0b, 0x90, 0x90]); // ud2 instead of the reset
+    let (reason, _) = run(1, &code);
+    assert_eq!(
+        reason,
+        ExitReason::GuestPanic("Kernel panic - not syncing: sysrq triggered crash".into())
+    );
+}
+
+#[test]
 fn triple_fault_ends_with_an_error() {
     if !kvm_available() {
         return;
