@@ -2,7 +2,8 @@
 # `boot_case NAME VCPUS MEM_MIB KERNEL BOOT_ARGS [EXTRA_JSON]` boots a guest
 # with brique (initramfs from $GUEST_INITRAMFS), prints its console between
 # markers, and ends with the line `BRIQUE_CASE NAME exit=STATUS`.
-# brique's stdin is $BRIQUE_STDIN (piped, so that it is pollable) or nothing.
+# brique's stdin is $BRIQUE_STDIN (piped, so that it is pollable; typed once
+# the guest's init has started) or nothing.
 # BRIQUE_INITRD=none boots without an initramfs (root from a drive).
 
 DEFAULT_ARGS="console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
@@ -28,7 +29,11 @@ JSON
         "$BRIQUE" --config-file "/tmp/$name.json" < "/tmp/$name.in" > "/tmp/$name.out" 2> "/tmp/$name.err" &
         pid=$!
         exec 3> "/tmp/$name.in"
-        sleep 5
+        # Typed once the guest's init runs: bytes sent earlier can be lost
+        # when the guest's serial driver resets the UART FIFO, as on real
+        # hardware.
+        wait_for_line "/tmp/$name.out" BRIQUE_GUEST_INIT_OK "$pid" 240
+        sleep 1
         cat "$BRIQUE_STDIN" >&3
         wait_or_kill "$pid" "$name"
         status=$?
