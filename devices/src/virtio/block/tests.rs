@@ -63,9 +63,20 @@ impl Fixture {
         let mock = MockSplitQueue::create(queue_mem, GuestAddress(0x4_0000), 16);
         mock.add_desc_chains(descs, 0).unwrap();
         let queue: Queue = mock.create_queue().unwrap();
+        self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        let (interrupt, _irq) = self.activate(block, queue);
+        block.process_queue();
+        let used = mock.used().ring().ref_at(0).unwrap().load();
+        assert_eq!(mock.used().idx().load(), 1, "exactly one used entry");
+        assert_eq!(interrupt.status() & crate::virtio::INT_USED_RING, 1);
+        let status: u8 = self.mem.read_obj(GuestAddress(STATUS)).unwrap();
+        (used.len(), status)
+    }
+
+    /// Activates `block` on `queue`; returns its interrupt and the irqfd.
+    fn activate(&self, block: &mut Block, queue: Queue) -> (Arc<Interrupt>, EventFd) {
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let interrupt = Interrupt::new(crate::EventFdTrigger::new(irq.try_clone().unwrap()));
-        self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
         block
             .activate(
                 self.mem.clone(),
@@ -76,12 +87,7 @@ impl Fixture {
                 interrupt.clone(),
             )
             .unwrap();
-        block.process_queue();
-        let used = mock.used().ring().ref_at(0).unwrap().load();
-        assert_eq!(mock.used().idx().load(), 1, "exactly one used entry");
-        assert_eq!(interrupt.status() & crate::virtio::INT_USED_RING, 1);
-        let status: u8 = self.mem.read_obj(GuestAddress(STATUS)).unwrap();
-        (used.len(), status)
+        (interrupt, irq)
     }
 
     fn header(&self, kind: u32, sector: u64) {
@@ -391,18 +397,7 @@ fn event_idx_rearms_the_driver_and_suppresses_interrupts() {
         const USED_RING: u64 = 0x5_0000;
         queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
         queue.set_event_idx(true);
-        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        let interrupt = Interrupt::new(crate::EventFdTrigger::new(irq.try_clone().unwrap()));
-        block
-            .activate(
-                f.mem.clone(),
-                vec![ActiveQueue {
-                    queue,
-                    notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-                }],
-                interrupt.clone(),
-            )
-            .unwrap();
+        let (_interrupt, irq) = f.activate(&mut block, queue);
         block.process_queue();
         let used_idx: u16 = f.mem.read_obj(GuestAddress(USED_RING + 2)).unwrap();
         assert_eq!(u16::from_le(used_idx), 2, "both requests served");
