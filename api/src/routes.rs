@@ -48,7 +48,7 @@ pub struct RouteError {
     /// The fault message.
     pub message: String,
     /// For 405: the methods the path has.
-    pub allow: Option<&'static str>,
+    pub allow: Option<String>,
 }
 
 impl RouteError {
@@ -194,14 +194,13 @@ pub fn parse(request: &HttpRequest) -> Result<VmmAction, RouteError> {
     Ok(action)
 }
 
-fn allowed_methods(route: &str) -> &'static str {
-    match route {
-        "/machine-config" => "GET, PUT, PATCH",
-        "/drives/{id}" | "/network-interfaces/{id}" => "PUT, PATCH",
-        "/" | "/version" | "/vm/config" => "GET",
-        "/vm" => "PATCH",
-        _ => "PUT",
-    }
+/// The methods `route` has, from [`ROUTES`], for the `Allow` header.
+fn allowed_methods(route: &str) -> String {
+    ROUTES
+        .iter()
+        .find(|(pattern, _)| *pattern == route)
+        .map(|(_, methods)| methods.join(", "))
+        .unwrap_or_default()
 }
 
 fn body<T: DeserializeOwned>(request: &HttpRequest) -> Result<T, RouteError> {
@@ -392,10 +391,10 @@ mod tests {
         );
         let wrong = err(Get, "/actions", "");
         assert_eq!(wrong.status, StatusCode::MethodNotAllowed);
-        assert_eq!(wrong.allow, Some("PUT"));
+        assert_eq!(wrong.allow.as_deref(), Some("PUT"));
         assert_eq!(err(Other, "/", "").status, StatusCode::MethodNotAllowed);
         assert_eq!(
-            err(Put, "/vm", r#"{"state": "Paused"}"#).allow,
+            err(Put, "/vm", r#"{"state": "Paused"}"#).allow.as_deref(),
             Some("PATCH")
         );
     }

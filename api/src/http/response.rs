@@ -70,7 +70,7 @@ pub struct Response {
     /// JSON body, if any.
     pub body: Option<String>,
     /// Methods for the `Allow` header (405 only).
-    pub allow: Option<&'static str>,
+    pub allow: Option<String>,
 }
 
 impl Response {
@@ -108,7 +108,7 @@ impl Response {
             self.status.code(),
             self.status.reason()
         );
-        if let Some(allow) = self.allow {
+        if let Some(allow) = &self.allow {
             head.push_str(&format!("Allow: {allow}\r\n"));
         }
         if close {
