@@ -1,5 +1,7 @@
 //! `brique`: one process, one microVM.
 
+mod stop_signal;
+
 use brique_api::http::server::{self, Server};
 use brique_vmm::controller::{self, Controller, RequestReceiver};
 use brique_vmm::logger::LogLevel;
@@ -110,6 +112,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         output: Box::new(std::io::stdout()),
         input: Some(std::io::stdin().as_raw_fd()),
     });
+    let stop = stop_signal::install().map_err(|err| format!("signal handlers: {err}"))?;
     let mut controller = Controller::new(config, console, args.id.clone());
     let terminal = brique_vmm::console::RawTerminal::enter();
     if args.config_file.is_some() {
@@ -122,6 +125,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         controller,
         requests,
         Duration::from_secs(args.metrics_interval),
+        Some(stop),
     );
     drop(terminal);
     let reason = served.map_err(|err| err.to_string())?;

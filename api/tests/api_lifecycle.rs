@@ -255,3 +255,30 @@ fn start_pause_resume_swap_drive_and_metrics() {
         "still running at the end"
     );
 }
+
+#[test]
+fn sigterm_stops_in_order_with_a_last_metrics_line_and_no_socket_left() {
+    let running = kvm_available();
+    let mut vm = Brique::start("sigterm", &[]);
+    let metrics = vm.path("metrics.json");
+    vm.ok(
+        "PUT",
+        "/metrics",
+        &format!(r#"{{"metrics_path": "{metrics}"}}"#),
+    );
+    if running {
+        vm.start_tiny_guest();
+        assert!(vm.guest_runs(Duration::from_secs(5)));
+    }
+    let lines_before = std::fs::read_to_string(&metrics).unwrap().lines().count();
+    // SAFETY: kill(2) on our own child process.
+    assert_eq!(
+        unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let status = vm.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", vm.stderr());
+    assert!(!vm.sock().exists(), "the API socket is removed");
+    let lines_after = std::fs::read_to_string(&metrics).unwrap().lines().count();
+    assert_eq!(lines_after, lines_before + 1, "a last metrics line");
+}

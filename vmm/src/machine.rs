@@ -94,12 +94,14 @@ pub enum ExitReason {
     GuestCrash { vcpu: u8 },
     /// A vCPU could not go on running.
     VcpuFailed { vcpu: u8, detail: String },
+    /// The operator stopped brique (SIGTERM or SIGINT).
+    Stopped,
 }
 
 impl ExitReason {
     /// Whether the guest ended the machine on purpose.
     pub fn is_clean(&self) -> bool {
-        matches!(self, Self::GuestReset | Self::GuestPowerOff)
+        matches!(self, Self::GuestReset | Self::GuestPowerOff | Self::Stopped)
     }
 
     /// brique's process exit status for this reason.
@@ -117,6 +119,7 @@ impl std::fmt::Display for ExitReason {
         match self {
             Self::GuestReset => write!(f, "guest rebooted"),
             Self::GuestPowerOff => write!(f, "guest powered off"),
+            Self::Stopped => write!(f, "stopped by a signal (SIGTERM or SIGINT)"),
             Self::GuestPanic(line) => write!(f, "guest kernel panic: {line}"),
             Self::TripleFault { vcpu } => write!(f, "guest triple fault on vCPU {vcpu}"),
             Self::GuestCrash { vcpu } => write!(f, "guest crashed on vCPU {vcpu}"),

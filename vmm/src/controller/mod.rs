@@ -133,6 +133,15 @@ impl Controller {
         Some(reason)
     }
 
+    /// Stops the microVM (if started) on the operator's request, after a
+    /// last metrics line.
+    pub fn stop(&mut self) -> ExitReason {
+        self.flush_metrics_quietly();
+        // Dropping the machine stops its vCPUs and device loop.
+        self.machine = None;
+        ExitReason::Stopped
+    }
+
     /// Writes a metrics line if metrics are configured (periodic flushes).
     pub fn flush_metrics_quietly(&mut self) {
         if let Err(err) = self.flush_metrics() {

@@ -80,18 +80,22 @@ impl RequestReceiver {
     }
 }
 
-/// Runs `controller` until its microVM ends: executes requests as they
-/// come, flushes metrics every `metrics_interval`, and returns why the
-/// microVM ended.
+/// Runs `controller` until its microVM ends or `stop` becomes readable
+/// (the operator's stop signal): executes requests as they come, flushes
+/// metrics every `metrics_interval`, and returns why it ended.
 pub fn serve(
     mut controller: Controller,
     receiver: RequestReceiver,
     metrics_interval: Duration,
+    stop: Option<&EventFd>,
 ) -> Result<ExitReason, ServeError> {
     let mut next_flush = Instant::now() + metrics_interval;
     let mut requests_open = true;
     loop {
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(2);
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(3);
+        if let Some(stop) = stop {
+            fds.push(poll_in(stop.as_raw_fd()));
+        }
         if requests_open {
             fds.push(poll_in(receiver.wake.as_raw_fd()));
         }
@@ -115,6 +119,9 @@ pub fn serve(
 
         if let Some(reason) = controller.try_exit() {
             return Ok(reason);
+        }
+        if stop.is_some_and(|stop| stop.read().is_ok()) {
+            return Ok(controller.stop());
         }
         if requests_open {
             let _ = receiver.wake.read();
