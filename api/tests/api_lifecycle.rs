@@ -271,11 +271,10 @@ fn sigterm_stops_in_order_with_a_last_metrics_line_and_no_socket_left() {
         assert!(vm.guest_runs(Duration::from_secs(5)));
     }
     let lines_before = std::fs::read_to_string(&metrics).unwrap().lines().count();
-    // SAFETY: kill(2) on our own child process.
-    assert_eq!(
-        unsafe { libc::kill(vm.child.id() as i32, libc::SIGTERM) },
-        0
-    );
+    let pid = vm.child.id() as libc::pid_t;
+    // SAFETY: kill(2) on our own child process, which has not been waited for.
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0);
     let status = vm.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{}", vm.stderr());
     assert!(!vm.sock().exists(), "the API socket is removed");
