@@ -5,14 +5,11 @@ use crate::arch;
 use crate::config::DriveConfig;
 use crate::config::{ConfigError, HostLimits, VmConfig};
 use crate::console::ConsoleInput;
-use crate::event_loop::{EventLoop, EventLoopError, GuestSignal, GuestSignalWatcher, Subscriber};
+use crate::event_loop::{EventLoop, EventLoopError, GuestSignal, GuestSignalWatcher};
 use crate::legacy::{self, LegacyDevices};
 use crate::metrics::{DeviceMetrics, METRICS};
 use crate::vcpu::{self, IoBuses, Vcpu, VcpuControl, VcpuStop};
-use crate::virtio_devices::{
-    attach_drives, attach_network_interfaces, open_disk, AttachedDevices, VirtioSetupError,
-    VirtioSlots,
-};
+use crate::virtio_devices::{open_disk, AttachedDevices, VirtioAttacher, VirtioSetupError};
 use crate::vm::{Vm, VmError};
 use brique_devices::serial::{ConsoleOutput, GuestPanicReport, PanicWatcher, SerialConsole};
 use brique_devices::EventFdTrigger;
@@ -289,27 +286,10 @@ impl Machine {
                 .insert_str(boot.boot_args.as_deref().unwrap_or(arch::DEFAULT_BOOT_ARGS))
                 .map_err(MachineError::Cmdline)?;
         }
-        let mut subscribers: Vec<Subscriber> = Vec::new();
-        let mut slots = VirtioSlots::new();
-        let mut devices = AttachedDevices::default();
-        attach_drives(
-            &vm,
-            &config.drives,
-            &mut slots,
-            &mut buses.mmio,
-            &mut cmdline,
-            &mut subscribers,
-            &mut devices,
-        )?;
-        attach_network_interfaces(
-            &vm,
-            &config.network_interfaces,
-            &mut slots,
-            &mut buses.mmio,
-            &mut cmdline,
-            &mut subscribers,
-            &mut devices,
-        )?;
+        let mut virtio = VirtioAttacher::new(&vm, &mut buses.mmio, &mut cmdline);
+        virtio.attach_drives(&config.drives)?;
+        virtio.attach_network_interfaces(&config.network_interfaces)?;
+        let (mut subscribers, devices) = virtio.finish();
         let buses = Arc::new(buses);
 
         // Guest payload and vCPU state.

@@ -12,8 +12,9 @@ use brique_devices::virtio::block::{Block, CacheMode, Disk};
 use brique_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use brique_devices::virtio::net::tap::{Tap, TapError};
 use brique_devices::virtio::net::Net;
-use brique_devices::virtio::Interrupt;
+use brique_devices::virtio::{Interrupt, VirtioDevice};
 use brique_devices::EventFdTrigger;
+use event_manager::MutEventSubscriber;
 use kvm_ioctls::IoEventAddress;
 use linux_loader::cmdline::Cmdline;
 use std::sync::{Arc, Mutex};
@@ -54,17 +55,12 @@ pub enum VirtioSetupError {
 }
 
 /// Hands out MMIO windows and interrupt lines to virtio devices.
-#[derive(Debug)]
-pub struct VirtioSlots {
+#[derive(Debug, Default)]
+struct VirtioSlots {
     next: usize,
 }
 
 impl VirtioSlots {
-    /// Slots from the start of the architecture's device area.
-    pub fn new() -> Self {
-        Self { next: 0 }
-    }
-
     fn take(&mut self) -> Result<(u64, u32), VirtioSetupError> {
         let count = arch::VIRTIO_IRQS.count();
         let irq = arch::VIRTIO_IRQS
@@ -74,12 +70,6 @@ impl VirtioSlots {
         let base = arch::MMIO_DEVICES_START + self.next as u64 * MMIO_WINDOW_SIZE;
         self.next += 1;
         Ok((base, irq))
-    }
-}
-
-impl Default for VirtioSlots {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -112,126 +102,133 @@ pub fn open_disk(drive: &DriveConfig) -> Result<Disk, VirtioSetupError> {
     Disk::new(file, drive.is_read_only, cache, &drive.drive_id).map_err(open_error)
 }
 
-/// Opens every drive (root device first, so it is /dev/vda), attaches it,
-/// and puts `root=` on the command line.
-pub fn attach_drives(
-    vm: &Vm,
-    drives: &[DriveConfig],
-    slots: &mut VirtioSlots,
-    mmio: &mut Bus,
-    cmdline: &mut Cmdline,
-    subscribers: &mut Vec<Subscriber>,
-    attached: &mut AttachedDevices,
-) -> Result<(), VirtioSetupError> {
-    let mut ordered: Vec<&DriveConfig> = drives.iter().filter(|d| d.is_root_device).collect();
-    ordered.extend(drives.iter().filter(|d| !d.is_root_device));
-    for drive in ordered {
-        let disk = open_disk(drive)?;
-        let block = Arc::new(Mutex::new(
-            Block::new(disk).map_err(|err| VirtioSetupError::Device(err.to_string()))?,
-        ));
-        attach(
+/// Attaches virtio devices to one VM: each gets the next MMIO window and
+/// interrupt line, a place on the MMIO bus and on the kernel command line;
+/// the attacher collects their event loop subscribers and handles.
+pub struct VirtioAttacher<'a> {
+    vm: &'a Vm,
+    mmio: &'a mut Bus,
+    cmdline: &'a mut Cmdline,
+    slots: VirtioSlots,
+    subscribers: Vec<Subscriber>,
+    devices: AttachedDevices,
+}
+
+impl std::fmt::Debug for VirtioAttacher<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioAttacher")
+            .field("slots", &self.slots)
+            .field("devices", &self.devices)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> VirtioAttacher<'a> {
+    /// Attaches to `vm`'s `mmio` bus, announcing devices on `cmdline`.
+    pub fn new(vm: &'a Vm, mmio: &'a mut Bus, cmdline: &'a mut Cmdline) -> Self {
+        Self {
             vm,
-            block.clone(),
-            block.clone(),
-            slots,
             mmio,
             cmdline,
-            subscribers,
-        )?;
-        attached.drives.push((drive.drive_id.clone(), block));
-        if drive.is_root_device {
-            let root = match &drive.partuuid {
-                Some(partuuid) => format!("root=PARTUUID={partuuid}"),
-                None => "root=/dev/vda".to_owned(),
-            };
-            let mode = if drive.is_read_only { "ro" } else { "rw" };
-            cmdline
-                .insert_str(format!("{root} {mode}"))
-                .map_err(VirtioSetupError::Cmdline)?;
+            slots: VirtioSlots::default(),
+            subscribers: Vec::new(),
+            devices: AttachedDevices::default(),
         }
     }
-    Ok(())
-}
 
-/// Opens every interface's tap (before the guest runs, so that a missing or
-/// busy tap is a clear error) and attaches a virtio-net device for it.
-pub fn attach_network_interfaces(
-    vm: &Vm,
-    interfaces: &[NetworkInterfaceConfig],
-    slots: &mut VirtioSlots,
-    mmio: &mut Bus,
-    cmdline: &mut Cmdline,
-    subscribers: &mut Vec<Subscriber>,
-    attached: &mut AttachedDevices,
-) -> Result<(), VirtioSetupError> {
-    for iface in interfaces {
-        let mac = iface
-            .guest_mac
-            .as_deref()
-            .map(parse_mac)
-            .transpose()
-            .map_err(|err| VirtioSetupError::Mac {
+    /// The attached devices' event loop subscribers, and their handles.
+    pub fn finish(self) -> (Vec<Subscriber>, AttachedDevices) {
+        (self.subscribers, self.devices)
+    }
+
+    /// Opens every drive (root device first, so it is /dev/vda), attaches
+    /// it, and puts `root=` on the command line.
+    pub fn attach_drives(&mut self, drives: &[DriveConfig]) -> Result<(), VirtioSetupError> {
+        let mut ordered: Vec<&DriveConfig> = drives.iter().filter(|d| d.is_root_device).collect();
+        ordered.extend(drives.iter().filter(|d| !d.is_root_device));
+        for drive in ordered {
+            let block = Block::new(open_disk(drive)?)
+                .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
+            let block = self.attach(block)?;
+            self.devices.drives.push((drive.drive_id.clone(), block));
+            if drive.is_root_device {
+                let root = match &drive.partuuid {
+                    Some(partuuid) => format!("root=PARTUUID={partuuid}"),
+                    None => "root=/dev/vda".to_owned(),
+                };
+                let mode = if drive.is_read_only { "ro" } else { "rw" };
+                self.cmdline
+                    .insert_str(format!("{root} {mode}"))
+                    .map_err(VirtioSetupError::Cmdline)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens every interface's tap (before the guest runs, so that a
+    /// missing or busy tap is a clear error) and attaches a virtio-net
+    /// device for it.
+    pub fn attach_network_interfaces(
+        &mut self,
+        interfaces: &[NetworkInterfaceConfig],
+    ) -> Result<(), VirtioSetupError> {
+        for iface in interfaces {
+            let mac = iface
+                .guest_mac
+                .as_deref()
+                .map(parse_mac)
+                .transpose()
+                .map_err(|err| VirtioSetupError::Mac {
+                    id: iface.iface_id.clone(),
+                    detail: err.to_string(),
+                })?;
+            let tap = Tap::open(&iface.host_dev_name).map_err(|source| VirtioSetupError::Tap {
                 id: iface.iface_id.clone(),
-                detail: err.to_string(),
+                source,
             })?;
-        let tap = Tap::open(&iface.host_dev_name).map_err(|source| VirtioSetupError::Tap {
-            id: iface.iface_id.clone(),
-            source,
-        })?;
-        let net = Arc::new(Mutex::new(
-            Net::new(Box::new(tap), mac)
-                .map_err(|err| VirtioSetupError::Device(err.to_string()))?,
-        ));
-        attach(
-            vm,
-            net.clone(),
-            net.clone(),
-            slots,
-            mmio,
-            cmdline,
-            subscribers,
-        )?;
-        attached.nets.push((iface.iface_id.clone(), net));
+            let net = Net::new(Box::new(tap), mac)
+                .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
+            let net = self.attach(net)?;
+            self.devices.nets.push((iface.iface_id.clone(), net));
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Attaches one virtio device: `device` and `subscriber` are the same
-/// object seen as a device and as an event loop subscriber.
-fn attach(
-    vm: &Vm,
-    device: brique_devices::virtio::mmio::SharedDevice,
-    subscriber: Subscriber,
-    slots: &mut VirtioSlots,
-    mmio: &mut Bus,
-    cmdline: &mut Cmdline,
-    subscribers: &mut Vec<Subscriber>,
-) -> Result<(), VirtioSetupError> {
-    let (base, irq) = slots.take()?;
-    let kvm = |what| move |source| VirtioSetupError::Kvm { what, source };
-    let irq_evt =
-        EventFd::new(EFD_NONBLOCK).map_err(|err| VirtioSetupError::Device(err.to_string()))?;
-    vm.fd()
-        .register_irqfd(&irq_evt, irq)
-        .map_err(kvm("virtio irqfd"))?;
-    let interrupt = Interrupt::new(EventFdTrigger::new(irq_evt));
-    let transport = MmioTransport::new(device, vm.memory().clone(), interrupt)
-        .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
-    for (index, evt) in transport.queue_evts().iter().enumerate() {
-        vm.fd()
-            .register_ioevent(
-                evt,
-                &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
-                index as u32,
-            )
-            .map_err(kvm("virtio ioeventfd"))?;
+    /// Attaches one virtio device, which is also an event loop subscriber,
+    /// and returns the shared handle on it.
+    fn attach<D>(&mut self, device: D) -> Result<Arc<Mutex<D>>, VirtioSetupError>
+    where
+        D: VirtioDevice + MutEventSubscriber + Send + 'static,
+    {
+        let device = Arc::new(Mutex::new(device));
+        let (base, irq) = self.slots.take()?;
+        let kvm = |what| move |source| VirtioSetupError::Kvm { what, source };
+        let irq_evt =
+            EventFd::new(EFD_NONBLOCK).map_err(|err| VirtioSetupError::Device(err.to_string()))?;
+        self.vm
+            .fd()
+            .register_irqfd(&irq_evt, irq)
+            .map_err(kvm("virtio irqfd"))?;
+        let interrupt = Interrupt::new(EventFdTrigger::new(irq_evt));
+        let transport = MmioTransport::new(device.clone(), self.vm.memory().clone(), interrupt)
+            .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
+        for (index, evt) in transport.queue_evts().iter().enumerate() {
+            self.vm
+                .fd()
+                .register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                    index as u32,
+                )
+                .map_err(kvm("virtio ioeventfd"))?;
+        }
+        self.mmio
+            .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)
+            .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
+        self.cmdline
+            .add_virtio_mmio_device(MMIO_WINDOW_SIZE, GuestAddress(base), irq, None)
+            .map_err(VirtioSetupError::Cmdline)?;
+        self.subscribers.push(device.clone());
+        Ok(device)
     }
-    mmio.insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)
-        .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
-    cmdline
-        .add_virtio_mmio_device(MMIO_WINDOW_SIZE, GuestAddress(base), irq, None)
-        .map_err(VirtioSetupError::Cmdline)?;
-    subscribers.push(subscriber);
-    Ok(())
 }
