@@ -7,11 +7,14 @@ pub mod mmio;
 pub mod net;
 
 use crate::EventFdTrigger;
+use event_manager::{EventOps, Events};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// VIRTIO_F_VERSION_1: a modern (virtio 1.x) device. Every brique device
 /// offers it and requires the driver to accept it.
@@ -99,6 +102,49 @@ pub enum ActivateError {
     /// An eventfd operation failed.
     #[error("eventfd: {0}")]
     EventFd(std::io::Error),
+}
+
+/// The eventfd a device writes in `activate` (which runs on a vCPU thread)
+/// so that its event-loop side starts watching the queues' notifications.
+#[derive(Debug)]
+pub struct ActivationEvent(EventFd);
+
+impl ActivationEvent {
+    /// A new, unsignalled activation event.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self(EventFd::new(EFD_NONBLOCK)?))
+    }
+
+    /// Tells the event loop that the device was activated.
+    pub fn signal(&self) -> Result<(), ActivateError> {
+        self.0.write(1).map_err(ActivateError::EventFd)
+    }
+
+    /// Watches the activation (from the subscriber's `init`).
+    pub fn watch(&self, ops: &mut EventOps, device: &str) {
+        if let Err(err) = ops.add(Events::new(&self.0, EventSet::IN)) {
+            log::error!("{device}: cannot watch activation: {err:?}");
+        }
+    }
+
+    /// Whether `events` is the activation. If so it is consumed and
+    /// `queue_evts` are watched (after a reset and re-activation they
+    /// already are, which is fine).
+    pub fn arrived<'a>(
+        &self,
+        events: &Events,
+        ops: &mut EventOps,
+        queue_evts: impl IntoIterator<Item = &'a EventFd>,
+    ) -> bool {
+        if events.fd() != self.0.as_raw_fd() {
+            return false;
+        }
+        let _ = self.0.read();
+        for evt in queue_evts {
+            let _ = ops.add(Events::new(evt, EventSet::IN));
+        }
+        true
+    }
 }
 
 /// The device side of a virtio device, independent of its transport.

@@ -8,7 +8,9 @@ pub mod request;
 pub use disk::{CacheMode, Disk};
 use request::RequestType;
 
-use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
+use super::{
+    read_config_bytes, ActivateError, ActivationEvent, ActiveQueue, Interrupt, VirtioDevice,
+};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -19,8 +21,7 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -71,7 +72,7 @@ pub struct Block {
     acked_features: u64,
     config: [u8; CONFIG_LEN],
     active: Option<Active>,
-    activate_evt: EventFd,
+    activation: ActivationEvent,
     counters: BlockCounters,
     config_generation: u32,
 }
@@ -105,7 +106,7 @@ impl Block {
             acked_features: 0,
             config,
             active: None,
-            activate_evt: EventFd::new(EFD_NONBLOCK)?,
+            activation: ActivationEvent::new()?,
             counters: BlockCounters::default(),
             config_generation: 0,
         })
@@ -249,7 +250,7 @@ impl VirtioDevice for Block {
             notify,
             interrupt,
         });
-        self.activate_evt.write(1).map_err(ActivateError::EventFd)
+        self.activation.signal()
     }
 
     fn reset(&mut self) {
@@ -260,18 +261,12 @@ impl VirtioDevice for Block {
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(err) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
-            log::error!("virtio-blk: cannot watch activation: {err:?}");
-        }
+        self.activation.watch(ops, "virtio-blk");
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if events.fd() == self.activate_evt.as_raw_fd() {
-            let _ = self.activate_evt.read();
-            if let Some(active) = &self.active {
-                // Already watched after a reset and re-activation: fine.
-                let _ = ops.add(Events::new(&active.notify, EventSet::IN));
-            }
+        let queue_evts = self.active.iter().map(|a| &a.notify);
+        if self.activation.arrived(&events, ops, queue_evts) {
             // Requests the driver queued before we watched the queue.
             self.process_queue();
             return;

@@ -6,7 +6,9 @@
 
 pub mod tap;
 
-use super::{read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
+use super::{
+    read_config_bytes, ActivateError, ActivationEvent, ActiveQueue, Interrupt, VirtioDevice,
+};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -17,7 +19,7 @@ use virtio_bindings::virtio_net::*;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -95,7 +97,7 @@ pub struct Net {
     acked_features: u64,
     config: [u8; 10],
     active: Option<Active>,
-    activate_evt: EventFd,
+    activation: ActivationEvent,
     tap_watched: bool,
     rx_frame: Vec<u8>,
     rx_pending: usize,
@@ -127,7 +129,7 @@ impl Net {
             acked_features: 0,
             config,
             active: None,
-            activate_evt: EventFd::new(EFD_NONBLOCK)?,
+            activation: ActivationEvent::new()?,
             tap_watched: false,
             rx_frame: vec![0; MAX_FRAME_LEN],
             rx_pending: 0,
@@ -427,7 +429,7 @@ impl VirtioDevice for Net {
             tx_evt: tx.notify,
             interrupt,
         });
-        self.activate_evt.write(1).map_err(ActivateError::EventFd)
+        self.activation.signal()
     }
 
     fn reset(&mut self) {
@@ -439,23 +441,18 @@ impl VirtioDevice for Net {
 
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(err) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
-            log::error!("virtio-net: cannot watch activation: {err:?}");
-        }
+        self.activation.watch(ops, "virtio-net");
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let fd = events.fd();
-        if fd == self.activate_evt.as_raw_fd() {
-            let _ = self.activate_evt.read();
-            if let Some(active) = &self.active {
-                let _ = ops.add(Events::new(&active.rx_evt, EventSet::IN));
-                let _ = ops.add(Events::new(&active.tx_evt, EventSet::IN));
-            }
+        let queue_evts = self.active.iter().flat_map(|a| [&a.rx_evt, &a.tx_evt]);
+        if self.activation.arrived(&events, ops, queue_evts) {
+            // Frames the driver queued before we watched the queues.
             self.process_tx();
             self.rx_and_watch(ops);
             return;
         }
+        let fd = events.fd();
         if fd == self.tap.as_raw_fd() {
             self.rx_and_watch(ops);
             return;

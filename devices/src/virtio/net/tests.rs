@@ -7,6 +7,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
+use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 const MEM_SIZE: usize = 0x40_0000;
 const RX_RING: u64 = 0x1_0000;
