@@ -11,7 +11,7 @@ use event_manager::{EventOps, Events};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -102,6 +102,25 @@ pub enum ActivateError {
     /// An eventfd operation failed.
     #[error("eventfd: {0}")]
     EventFd(std::io::Error),
+}
+
+/// Pops the next chain the driver made available. When there is none, it
+/// re-arms the driver's notifications (with EVENT_IDX: `avail_event` = the
+/// next index) and pops again if the driver added chains meanwhile; `None`
+/// means the driver will notify when it adds more.
+pub fn pop_or_rearm<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+    loop {
+        if let Some(chain) = queue.pop_descriptor_chain(mem) {
+            return Some(chain);
+        }
+        match queue.enable_notification(mem) {
+            Ok(true) => continue,
+            _ => return None,
+        }
+    }
 }
 
 /// The eventfd a device writes in `activate` (which runs on a vCPU thread)

@@ -9,7 +9,8 @@ pub use disk::{CacheMode, Disk};
 use request::RequestType;
 
 use super::{
-    read_config_bytes, ActivateError, ActivationEvent, ActiveQueue, Interrupt, VirtioDevice,
+    pop_or_rearm, read_config_bytes, ActivateError, ActivationEvent, ActiveQueue, Interrupt,
+    VirtioDevice,
 };
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::os::fd::AsRawFd;
@@ -147,15 +148,7 @@ impl Block {
         let capacity = self.disk.capacity_sectors();
         let max_descriptors = usize::from(active.queue.size());
         let mut served = false;
-        loop {
-            let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) else {
-                // Re-arm the driver's notifications (with EVENT_IDX: where
-                // it must notify next); go on if it added requests meanwhile.
-                match active.queue.enable_notification(&active.mem) {
-                    Ok(true) => continue,
-                    _ => break,
-                }
-            };
+        while let Some(chain) = pop_or_rearm(&mut active.queue, &active.mem) {
             let head = chain.head_index();
             let used_len = match request::parse(chain, &active.mem, capacity, max_descriptors) {
                 Ok(req) => {

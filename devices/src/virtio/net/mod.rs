@@ -7,7 +7,8 @@
 pub mod tap;
 
 use super::{
-    read_config_bytes, ActivateError, ActivationEvent, ActiveQueue, Interrupt, VirtioDevice,
+    pop_or_rearm, read_config_bytes, ActivateError, ActivationEvent, ActiveQueue, Interrupt,
+    VirtioDevice,
 };
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io;
@@ -153,15 +154,7 @@ impl Net {
             return;
         };
         let mut sent_any = false;
-        loop {
-            let Some(chain) = active.tx.pop_descriptor_chain(&active.mem) else {
-                // Re-arm the driver's notifications; go on if it queued
-                // frames meanwhile.
-                match active.tx.enable_notification(&active.mem) {
-                    Ok(true) => continue,
-                    _ => break,
-                }
-            };
+        while let Some(chain) = pop_or_rearm(&mut active.tx, &active.mem) {
             let head = chain.head_index();
             self.tx_frame.clear();
             let mut valid = true;
@@ -273,13 +266,10 @@ impl Net {
         let mut room = 0usize;
         let first_avail = active.rx.next_avail();
         while room < len {
-            let Some(chain) = active.rx.pop_descriptor_chain(&active.mem) else {
-                // Ask the driver to notify when it adds buffers past the
-                // ones seen (with EVENT_IDX: avail_event = this index), and
-                // use them at once if some arrived meanwhile.
-                if active.rx.enable_notification(&active.mem).unwrap_or(false) {
-                    continue;
-                }
+            // Out of buffers, the driver is asked to notify when it adds
+            // buffers past the ones seen (with EVENT_IDX: avail_event = this
+            // index, not `first_avail`, which it has already passed).
+            let Some(chain) = pop_or_rearm(&mut active.rx, &active.mem) else {
                 // Give every popped chain back; the frame waits for more.
                 active.rx.set_next_avail(first_avail);
                 return Delivery::NoBuffers;
