@@ -117,9 +117,14 @@ impl MmioTransport {
         &self.queue_evts
     }
 
-    /// The device status register.
+    /// The device status register: what the driver set, plus
+    /// DEVICE_NEEDS_RESET once the device has hit an unrecoverable error.
     pub fn status(&self) -> u32 {
-        self.status
+        if self.interrupt.needs_reset() {
+            self.status | VIRTIO_CONFIG_S_NEEDS_RESET
+        } else {
+            self.status
+        }
     }
 
     fn has_status(&self, bits: u32) -> bool {
@@ -155,7 +160,7 @@ impl MmioTransport {
                 .get(self.queue_select as usize)
                 .map_or(0, |q| u32::from(q.ready())),
             VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
-            VIRTIO_MMIO_STATUS => self.status,
+            VIRTIO_MMIO_STATUS => self.status(),
             VIRTIO_MMIO_CONFIG_GENERATION => self
                 .config_generation
                 .wrapping_add(lock(&self.device).config_generation()),
@@ -221,6 +226,9 @@ impl MmioTransport {
             self.reset();
             return;
         }
+        // DEVICE_NEEDS_RESET is the device's to set; a driver that writes
+        // back the status it read carries it along, which changes nothing.
+        let value = value & !VIRTIO_CONFIG_S_NEEDS_RESET;
         if value & VIRTIO_CONFIG_S_FAILED != 0 {
             self.status |= VIRTIO_CONFIG_S_FAILED;
             return;
@@ -296,8 +304,7 @@ impl MmioTransport {
                 "virtio-mmio: device type {} not activated: {err}",
                 self.device_type
             );
-            self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
-            self.interrupt.signal_config_change();
+            self.interrupt.signal_needs_reset();
         }
     }
 

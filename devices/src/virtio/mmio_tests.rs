@@ -183,6 +183,17 @@ fn activation_with_a_bad_queue_needs_reset_and_reset_clears_everything() {
     );
     write(&mut f.transport, VIRTIO_MMIO_INTERRUPT_ACK, INT_CONFIG);
     assert_eq!(read(&mut f.transport, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+    // Linux adds FAILED to the status it read back, NEEDS_RESET included.
+    write(
+        &mut f.transport,
+        VIRTIO_MMIO_STATUS,
+        status | VIRTIO_CONFIG_S_FAILED,
+    );
+    assert_eq!(
+        read(&mut f.transport, VIRTIO_MMIO_STATUS),
+        status | VIRTIO_CONFIG_S_FAILED
+    );
+    assert!(f.irq.read().is_err(), "NEEDS_RESET is announced once");
 
     write(&mut f.transport, VIRTIO_MMIO_STATUS, 0);
     assert_eq!(read(&mut f.transport, VIRTIO_MMIO_STATUS), 0);

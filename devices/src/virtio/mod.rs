@@ -9,9 +9,9 @@ pub mod net;
 use crate::EventFdTrigger;
 use event_manager::{EventOps, Events};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -30,11 +30,14 @@ pub const INT_USED_RING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRI
 /// Interrupt status bit: the configuration changed.
 pub const INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 
-/// A device's interrupt line: the InterruptStatus register it shares with
-/// its transport, and the irqfd that raises the guest interrupt.
+/// A device's line to the driver, shared with its transport: the
+/// InterruptStatus register, the irqfd that raises the guest interrupt, and
+/// whether the device needs a reset (DEVICE_NEEDS_RESET in the status
+/// register, announced by a configuration change interrupt).
 #[derive(Debug)]
 pub struct Interrupt {
     status: AtomicU32,
+    needs_reset: AtomicBool,
     irq: EventFdTrigger,
 }
 
@@ -43,6 +46,7 @@ impl Interrupt {
     pub fn new(irq: EventFdTrigger) -> Arc<Self> {
         Arc::new(Self {
             status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
             irq,
         })
     }
@@ -74,9 +78,24 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::AcqRel);
     }
 
+    /// The device hit an error it cannot recover from (virtio 1.x, 2.1.2):
+    /// the transport reports DEVICE_NEEDS_RESET and the driver is told with
+    /// a configuration change interrupt, once.
+    pub fn signal_needs_reset(&self) {
+        if !self.needs_reset.swap(true, Ordering::AcqRel) {
+            self.raise(INT_CONFIG);
+        }
+    }
+
+    /// Whether the device waits for the driver to reset it.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::Acquire)
+    }
+
     /// Clears everything (device reset).
     pub fn clear(&self) {
         self.status.store(0, Ordering::Release);
+        self.needs_reset.store(false, Ordering::Release);
     }
 }
 
@@ -106,20 +125,38 @@ pub enum ActivateError {
 
 /// Pops the next chain the driver made available. When there is none, it
 /// re-arms the driver's notifications (with EVENT_IDX: `avail_event` = the
-/// next index) and pops again if the driver added chains meanwhile; `None`
-/// means the driver will notify when it adds more.
+/// next index) and pops once more in case the driver added chains meanwhile;
+/// `None` means the driver will notify when it adds more.
+///
+/// A driver that puts the avail index more than a queue's length ahead of
+/// the device (or the ring out of memory) has broken the queue: the device
+/// is marked as needing a reset (`interrupt`) and pops nothing until the
+/// driver resets it, so a hostile guest cannot keep the event loop busy.
 pub fn pop_or_rearm<'m>(
     queue: &mut Queue,
     mem: &'m GuestMemoryMmap,
+    interrupt: &Interrupt,
 ) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
-    loop {
-        if let Some(chain) = queue.pop_descriptor_chain(mem) {
-            return Some(chain);
+    if interrupt.needs_reset() {
+        return None;
+    }
+    let pop = |queue: &mut Queue| match queue.iter(mem) {
+        Ok(mut available) => available.next(),
+        Err(err) => {
+            log::warn!("virtio: the driver broke a queue ({err}); the device needs a reset");
+            interrupt.signal_needs_reset();
+            None
         }
-        match queue.enable_notification(mem) {
-            Ok(true) => continue,
-            _ => return None,
-        }
+    };
+    if let Some(chain) = pop(queue) {
+        return Some(chain);
+    }
+    if interrupt.needs_reset() {
+        return None;
+    }
+    match queue.enable_notification(mem) {
+        Ok(true) => pop(queue),
+        _ => None,
     }
 }
 

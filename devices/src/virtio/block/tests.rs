@@ -412,3 +412,49 @@ fn event_idx_rearms_the_driver_and_suppresses_interrupts() {
         );
     }
 }
+
+/// A driver that moves the avail index more than a queue's length ahead
+/// (here by overwriting it) has broken the queue: the device serves
+/// nothing, asks for a reset once (config interrupt), stays quiet on later
+/// notifications, and works again after the reset.
+#[test]
+fn avail_index_beyond_the_queue_needs_a_reset() {
+    let f = Fixture::new("broken-avail");
+    let mut block = f.device(false, CacheMode::Unsafe);
+    f.mem
+        .write_slice(&[0u8; 0x1_0000], GuestAddress(0x4_0000))
+        .unwrap();
+    let mock = MockSplitQueue::create(&f.mem, GuestAddress(0x4_0000), 16);
+    f.header(VIRTIO_BLK_T_IN, 0);
+    mock.add_desc_chains(&three(512, WRITE), 0).unwrap();
+    mock.avail().idx().store(u16::to_le(1 + 16 + 1));
+    let queue: Queue = mock.create_queue().unwrap();
+    let (interrupt, irq) = f.activate(&mut block, queue);
+    let data = |mem: &GuestMemoryMmap| {
+        let mut bytes = vec![0u8; 512];
+        mem.read_slice(&mut bytes, GuestAddress(DATA)).unwrap();
+        bytes
+    };
+    let before = data(&f.mem);
+    block.process_queue();
+    assert!(interrupt.needs_reset());
+    assert_eq!(interrupt.status(), crate::virtio::INT_CONFIG);
+    assert_eq!(irq.read().unwrap(), 1, "one config interrupt");
+    assert_eq!(mock.used().idx().load(), 0, "nothing served");
+    assert_eq!(data(&f.mem), before, "no byte moved");
+    block.process_queue();
+    assert!(irq.read().is_err(), "no second interrupt");
+    assert_eq!(block.counters(), BlockCounters::default());
+
+    // After a reset and a fresh activation the device serves again.
+    block.reset();
+    interrupt.clear();
+    f.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    mock.avail().idx().store(u16::to_le(1));
+    let queue: Queue = mock.create_queue().unwrap();
+    let (interrupt, _irq) = f.activate(&mut block, queue);
+    block.process_queue();
+    assert!(!interrupt.needs_reset());
+    assert_eq!(mock.used().idx().load(), 1);
+    assert_eq!(f.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);
+}

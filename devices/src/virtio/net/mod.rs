@@ -154,7 +154,7 @@ impl Net {
             return;
         };
         let mut sent_any = false;
-        while let Some(chain) = pop_or_rearm(&mut active.tx, &active.mem) {
+        while let Some(chain) = pop_or_rearm(&mut active.tx, &active.mem, &active.interrupt) {
             let head = chain.head_index();
             self.tx_frame.clear();
             let mut valid = true;
@@ -269,7 +269,7 @@ impl Net {
             // Out of buffers, the driver is asked to notify when it adds
             // buffers past the ones seen (with EVENT_IDX: avail_event = this
             // index, not `first_avail`, which it has already passed).
-            let Some(chain) = pop_or_rearm(&mut active.rx, &active.mem) else {
+            let Some(chain) = pop_or_rearm(&mut active.rx, &active.mem, &active.interrupt) else {
                 // Give every popped chain back; the frame waits for more.
                 active.rx.set_next_avail(first_avail);
                 return Delivery::NoBuffers;

@@ -357,3 +357,31 @@ fn event_idx_rx_waits_for_more_buffers_without_missing_the_kick() {
     assert_eq!(used_idx(&f.mem), 3);
     assert_eq!(f.net.counters().rx_packets, 1);
 }
+
+/// A driver that puts an avail index more than a queue's length ahead has
+/// broken the queue: TX sends nothing, RX takes no frame, the device asks
+/// for a reset, and neither call spins.
+#[test]
+fn avail_index_beyond_the_queue_needs_a_reset() {
+    let mut f = fixture(false);
+    let mem = f.mem.clone();
+    f.mem
+        .write_slice(&frame(200, 0x42), GuestAddress(BUFFERS))
+        .unwrap();
+    let tx = [desc(BUFFERS, 200, 0, 0)];
+    let rx = [desc(BUFFERS + 0x1000, 1600, WRITE, 0)];
+    let (rxq, txq) = f.activate(&mem, &rx, &tx);
+    txq.avail().idx().store(u16::to_le(1 + 64 + 1));
+    f.net.process_tx();
+    assert!(f.interrupt.needs_reset());
+    let mut got = vec![0u8; 2000];
+    assert!(recv(f.peer.as_raw_fd(), &mut got).is_err(), "nothing sent");
+    assert_eq!(txq.used().idx().load(), 0);
+
+    // RX of a device that needs a reset delivers nothing either.
+    rxq.avail().idx().store(u16::to_le(1));
+    send(f.peer.as_raw_fd(), &frame(1000, 1)).unwrap();
+    assert_eq!(f.net.process_rx(), RxState::OutOfBuffers);
+    assert_eq!(rxq.used().idx().load(), 0);
+    assert_eq!(f.net.counters().rx_packets, 0);
+}
