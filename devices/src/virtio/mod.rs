@@ -100,7 +100,7 @@ impl Interrupt {
 }
 
 /// A queue handed to a device at activation, with the eventfd the guest's
-/// notifications for it arrive on.
+/// notifications for it arrive on (the same eventfd at every activation).
 #[derive(Debug)]
 pub struct ActiveQueue {
     /// The queue, configured by the driver.
@@ -160,46 +160,91 @@ pub fn pop_or_rearm<'m>(
     }
 }
 
-/// The eventfd a device writes in `activate` (which runs on a vCPU thread)
-/// so that its event-loop side starts watching the queues' notifications.
+/// The eventfds a device's event-loop side watches: the activation, which
+/// `activate` (on a vCPU thread) signals, and the queues' notifications.
+///
+/// The notification eventfds are kept from the first activation for the
+/// device's whole life (the transport hands the same ones at every
+/// activation) and each notification is consumed even while the device is
+/// reset. Closing a watched eventfd would not do: its epoll entry lives as
+/// long as the transport and KVM hold the eventfd, so a driver that resets
+/// the device and then notifies would keep the event loop spinning.
 #[derive(Debug)]
-pub struct ActivationEvent(EventFd);
+pub struct VirtioEvents {
+    activation: EventFd,
+    notifiers: Vec<EventFd>,
+    notifiers_watched: bool,
+}
 
-impl ActivationEvent {
-    /// A new, unsignalled activation event.
+/// What an event on a device's subscriber is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtioEvent {
+    /// The device was activated: its queues are watched from now on.
+    Activated,
+    /// The driver notified queue `n` (the notification is consumed).
+    Notified(usize),
+    /// Not one of these eventfds (e.g. a backend the device watches).
+    Other,
+}
+
+impl VirtioEvents {
+    /// No activation yet, no notifiers.
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self(EventFd::new(EFD_NONBLOCK)?))
+        Ok(Self {
+            activation: EventFd::new(EFD_NONBLOCK)?,
+            notifiers: Vec::new(),
+            notifiers_watched: false,
+        })
     }
 
-    /// Tells the event loop that the device was activated.
-    pub fn signal(&self) -> Result<(), ActivateError> {
-        self.0.write(1).map_err(ActivateError::EventFd)
+    /// From `activate`: keeps the queues' notifiers (those of the first
+    /// activation) and returns the queues.
+    pub fn adopt(&mut self, queues: Vec<ActiveQueue>) -> Vec<Queue> {
+        let (queues, notifiers): (Vec<Queue>, Vec<EventFd>) = queues
+            .into_iter()
+            .map(|active| (active.queue, active.notify))
+            .unzip();
+        if self.notifiers.is_empty() {
+            self.notifiers = notifiers;
+        }
+        queues
+    }
+
+    /// From `activate`: tells the event loop that the device was activated.
+    pub fn signal_activation(&self) -> Result<(), ActivateError> {
+        self.activation.write(1).map_err(ActivateError::EventFd)
     }
 
     /// Watches the activation (from the subscriber's `init`).
     pub fn watch(&self, ops: &mut EventOps, device: &str) {
-        if let Err(err) = ops.add(Events::new(&self.0, EventSet::IN)) {
+        if let Err(err) = ops.add(Events::new(&self.activation, EventSet::IN)) {
             log::error!("{device}: cannot watch activation: {err:?}");
         }
     }
 
-    /// Whether `events` is the activation. If so it is consumed and
-    /// `queue_evts` are watched (after a reset and re-activation they
-    /// already are, which is fine).
-    pub fn arrived<'a>(
-        &self,
-        events: &Events,
-        ops: &mut EventOps,
-        queue_evts: impl IntoIterator<Item = &'a EventFd>,
-    ) -> bool {
-        if events.fd() != self.0.as_raw_fd() {
-            return false;
+    /// Classifies `events`, consuming the activation or notification it
+    /// carries; the first activation starts watching the notifiers.
+    pub fn classify(&mut self, events: &Events, ops: &mut EventOps) -> VirtioEvent {
+        let fd = events.fd();
+        if fd == self.activation.as_raw_fd() {
+            let _ = self.activation.read();
+            if !self.notifiers_watched {
+                for evt in &self.notifiers {
+                    if let Err(err) = ops.add(Events::new(evt, EventSet::IN)) {
+                        log::error!("virtio: cannot watch a queue notifier: {err:?}");
+                    }
+                }
+                self.notifiers_watched = true;
+            }
+            return VirtioEvent::Activated;
         }
-        let _ = self.0.read();
-        for evt in queue_evts {
-            let _ = ops.add(Events::new(evt, EventSet::IN));
+        match self.notifiers.iter().position(|evt| evt.as_raw_fd() == fd) {
+            Some(queue) => {
+                let _ = self.notifiers[queue].read();
+                VirtioEvent::Notified(queue)
+            }
+            None => VirtioEvent::Other,
         }
-        true
     }
 }
 

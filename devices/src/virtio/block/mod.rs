@@ -9,11 +9,10 @@ pub use disk::{CacheMode, Disk};
 use request::RequestType;
 
 use super::{
-    pop_or_rearm, read_config_bytes, ActivateError, ActivationEvent, ActiveQueue, Interrupt,
-    VirtioDevice,
+    pop_or_rearm, read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice,
+    VirtioEvent, VirtioEvents,
 };
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
@@ -22,7 +21,6 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
 
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -54,7 +52,6 @@ pub struct BlockCounters {
 struct Active {
     mem: GuestMemoryMmap,
     queue: Queue,
-    notify: EventFd,
     interrupt: Arc<Interrupt>,
 }
 
@@ -73,7 +70,7 @@ pub struct Block {
     acked_features: u64,
     config: [u8; CONFIG_LEN],
     active: Option<Active>,
-    activation: ActivationEvent,
+    events: VirtioEvents,
     counters: BlockCounters,
     config_generation: u32,
 }
@@ -107,7 +104,7 @@ impl Block {
             acked_features: 0,
             config,
             active: None,
-            activation: ActivationEvent::new()?,
+            events: VirtioEvents::new()?,
             counters: BlockCounters::default(),
             config_generation: 0,
         })
@@ -233,17 +230,18 @@ impl VirtioDevice for Block {
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
         let got = queues.len();
-        let Some(ActiveQueue { queue, notify }) = queues.into_iter().next().filter(|_| got == 1)
-        else {
+        if got != 1 {
+            return Err(ActivateError::QueueCount { expected: 1, got });
+        }
+        let Some(queue) = self.events.adopt(queues).pop() else {
             return Err(ActivateError::QueueCount { expected: 1, got });
         };
         self.active = Some(Active {
             mem,
             queue,
-            notify,
             interrupt,
         });
-        self.activation.signal()
+        self.events.signal_activation()
     }
 
     fn reset(&mut self) {
@@ -254,21 +252,14 @@ impl VirtioDevice for Block {
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        self.activation.watch(ops, "virtio-blk");
+        self.events.watch(ops, "virtio-blk");
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let queue_evts = self.active.iter().map(|a| &a.notify);
-        if self.activation.arrived(&events, ops, queue_evts) {
-            // Requests the driver queued before we watched the queue.
-            self.process_queue();
-            return;
-        }
-        if let Some(active) = &self.active {
-            if events.fd() == active.notify.as_raw_fd() {
-                let _ = active.notify.read();
-                self.process_queue();
-            }
+        match self.events.classify(&events, ops) {
+            // On activation: requests the driver queued before we watched.
+            VirtioEvent::Activated | VirtioEvent::Notified(_) => self.process_queue(),
+            VirtioEvent::Other => {}
         }
     }
 }

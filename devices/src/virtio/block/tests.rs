@@ -9,7 +9,7 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EFD_NONBLOCK;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const MEM_SIZE: usize = 0x10_0000;
 const HEADER: u64 = 0x1_0000;
@@ -455,6 +455,63 @@ fn avail_index_beyond_the_queue_needs_a_reset() {
     let (interrupt, _irq) = f.activate(&mut block, queue);
     block.process_queue();
     assert!(!interrupt.needs_reset());
+    assert_eq!(mock.used().idx().load(), 1);
+    assert_eq!(f.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);
+}
+
+/// A driver may reset the device and then notify its queue (the ioeventfd
+/// stays registered): the event loop must consume that notification, not
+/// see it again and again (a busy loop on the device thread). After
+/// re-activation the same notifier serves requests again.
+#[test]
+fn notifications_after_a_reset_are_consumed() {
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use std::sync::Mutex;
+    let f = Fixture::new("reset-notify");
+    let block = Arc::new(Mutex::new(f.device(false, CacheMode::Unsafe)));
+    let mut loop_ = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+    loop_.add_subscriber(block.clone());
+    let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+    let activate = |mock: &MockSplitQueue<GuestMemoryMmap>| {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let interrupt = Interrupt::new(crate::EventFdTrigger::new(irq));
+        let queue = ActiveQueue {
+            queue: mock.create_queue().unwrap(),
+            notify: notify.try_clone().unwrap(),
+        };
+        block
+            .lock()
+            .unwrap()
+            .activate(f.mem.clone(), vec![queue], interrupt)
+            .unwrap();
+    };
+    f.mem
+        .write_slice(&[0u8; 0x1_0000], GuestAddress(0x4_0000))
+        .unwrap();
+    let mock = MockSplitQueue::create(&f.mem, GuestAddress(0x4_0000), 16);
+    activate(&mock);
+    assert_eq!(loop_.run_with_timeout(100).unwrap(), 1, "activation");
+
+    for _ in 0..3 {
+        block.lock().unwrap().reset();
+        notify.write(1).unwrap();
+        assert_eq!(loop_.run_with_timeout(100).unwrap(), 1, "the notification");
+        assert_eq!(
+            loop_.run_with_timeout(50).unwrap(),
+            0,
+            "and nothing after it"
+        );
+        activate(&mock);
+        assert_eq!(loop_.run_with_timeout(100).unwrap(), 1, "re-activation");
+    }
+
+    // The re-activated device serves a request announced on the notifier.
+    f.header(VIRTIO_BLK_T_IN, 0);
+    f.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    mock.add_desc_chains(&three(512, WRITE), 0).unwrap();
+    notify.write(1).unwrap();
+    assert_eq!(loop_.run_with_timeout(100).unwrap(), 1);
+    assert_eq!(loop_.run_with_timeout(50).unwrap(), 0);
     assert_eq!(mock.used().idx().load(), 1);
     assert_eq!(f.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);
 }

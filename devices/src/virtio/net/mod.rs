@@ -7,8 +7,8 @@
 pub mod tap;
 
 use super::{
-    pop_or_rearm, read_config_bytes, ActivateError, ActivationEvent, ActiveQueue, Interrupt,
-    VirtioDevice,
+    pop_or_rearm, read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice,
+    VirtioEvent, VirtioEvents,
 };
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io;
@@ -20,11 +20,12 @@ use virtio_bindings::virtio_net::*;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
+/// Queue 0 receives (host to guest), queue 1 transmits.
+const RX_QUEUE: usize = 0;
 /// Largest frame with its header: 64 KiB (GSO) plus Ethernet and VLAN headers.
 pub const MAX_FRAME_LEN: usize = VNET_HDR_LEN + 65536 + 14 + 4;
 /// Offset of num_buffers in the virtio-net header.
@@ -85,9 +86,7 @@ pub struct NetCounters {
 struct Active {
     mem: GuestMemoryMmap,
     rx: Queue,
-    rx_evt: EventFd,
     tx: Queue,
-    tx_evt: EventFd,
     interrupt: Arc<Interrupt>,
 }
 
@@ -98,7 +97,7 @@ pub struct Net {
     acked_features: u64,
     config: [u8; 10],
     active: Option<Active>,
-    activation: ActivationEvent,
+    events: VirtioEvents,
     tap_watched: bool,
     rx_frame: Vec<u8>,
     rx_pending: usize,
@@ -130,7 +129,7 @@ impl Net {
             acked_features: 0,
             config,
             active: None,
-            activation: ActivationEvent::new()?,
+            events: VirtioEvents::new()?,
             tap_watched: false,
             rx_frame: vec![0; MAX_FRAME_LEN],
             rx_pending: 0,
@@ -407,19 +406,20 @@ impl VirtioDevice for Net {
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
         let got = queues.len();
-        let mut queues = queues.into_iter();
-        let (Some(rx), Some(tx), None) = (queues.next(), queues.next(), queues.next()) else {
+        if got != 2 {
+            return Err(ActivateError::QueueCount { expected: 2, got });
+        }
+        let mut queues = self.events.adopt(queues).into_iter();
+        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
             return Err(ActivateError::QueueCount { expected: 2, got });
         };
         self.active = Some(Active {
             mem,
-            rx: rx.queue,
-            rx_evt: rx.notify,
-            tx: tx.queue,
-            tx_evt: tx.notify,
+            rx,
+            tx,
             interrupt,
         });
-        self.activation.signal()
+        self.events.signal_activation()
     }
 
     fn reset(&mut self) {
@@ -431,30 +431,21 @@ impl VirtioDevice for Net {
 
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
-        self.activation.watch(ops, "virtio-net");
+        self.events.watch(ops, "virtio-net");
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let queue_evts = self.active.iter().flat_map(|a| [&a.rx_evt, &a.tx_evt]);
-        if self.activation.arrived(&events, ops, queue_evts) {
-            // Frames the driver queued before we watched the queues.
-            self.process_tx();
-            self.rx_and_watch(ops);
-            return;
-        }
-        let fd = events.fd();
-        if fd == self.tap.as_raw_fd() {
-            self.rx_and_watch(ops);
-            return;
-        }
-        let Some(active) = &self.active else { return };
-        if fd == active.rx_evt.as_raw_fd() {
-            let _ = active.rx_evt.read();
+        match self.events.classify(&events, ops) {
+            VirtioEvent::Activated => {
+                // Frames the driver queued before we watched the queues.
+                self.process_tx();
+                self.rx_and_watch(ops);
+            }
             // New RX buffers: deliver what waits, and listen again.
-            self.rx_and_watch(ops);
-        } else if fd == active.tx_evt.as_raw_fd() {
-            let _ = active.tx_evt.read();
-            self.process_tx();
+            VirtioEvent::Notified(RX_QUEUE) => self.rx_and_watch(ops),
+            VirtioEvent::Notified(_) => self.process_tx(),
+            VirtioEvent::Other if events.fd() == self.tap.as_raw_fd() => self.rx_and_watch(ops),
+            VirtioEvent::Other => {}
         }
     }
 }

@@ -7,7 +7,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use vmm_sys_util::eventfd::EFD_NONBLOCK;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const MEM_SIZE: usize = 0x40_0000;
 const RX_RING: u64 = 0x1_0000;
@@ -384,4 +384,47 @@ fn avail_index_beyond_the_queue_needs_a_reset() {
     assert_eq!(f.net.process_rx(), RxState::OutOfBuffers);
     assert_eq!(rxq.used().idx().load(), 0);
     assert_eq!(f.net.counters().rx_packets, 0);
+}
+
+/// RX and TX notifications that arrive after a reset are consumed: the
+/// event loop sees each once, then nothing (no busy loop on the device
+/// thread).
+#[test]
+fn notifications_after_a_reset_are_consumed() {
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use std::sync::Mutex;
+    let f = fixture(false);
+    let mem = f.mem.clone();
+    let net = Arc::new(Mutex::new(f.net));
+    let mut loop_ = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+    loop_.add_subscriber(net.clone());
+    let rx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
+    let tx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
+    let rxq = MockSplitQueue::create(&mem, GuestAddress(RX_RING), 64);
+    let txq = MockSplitQueue::create(&mem, GuestAddress(TX_RING), 64);
+    let queues = vec![
+        ActiveQueue {
+            queue: rxq.create_queue().unwrap(),
+            notify: rx_notify.try_clone().unwrap(),
+        },
+        ActiveQueue {
+            queue: txq.create_queue().unwrap(),
+            notify: tx_notify.try_clone().unwrap(),
+        },
+    ];
+    net.lock()
+        .unwrap()
+        .activate(mem.clone(), queues, f.interrupt.clone())
+        .unwrap();
+    assert!(loop_.run_with_timeout(100).unwrap() >= 1, "activation");
+    while loop_.run_with_timeout(20).unwrap() > 0 {}
+
+    net.lock().unwrap().reset();
+    rx_notify.write(1).unwrap();
+    tx_notify.write(1).unwrap();
+    let mut seen = 0;
+    for _ in 0..5 {
+        seen += loop_.run_with_timeout(50).unwrap();
+    }
+    assert_eq!(seen, 2, "each notification once");
 }
