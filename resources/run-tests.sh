@@ -49,11 +49,11 @@ test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace 2>&1 | tee "$test_log"
 
-step "fuzzing: virtio-blk requests and API requests, briefly (cargo-fuzz, libFuzzer)"
+step "fuzzing: virtio-blk requests, virtio-net frames and API requests, briefly (cargo-fuzz, libFuzzer)"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 # -timeout: an input that takes over 10 s is a hang (a guest or client
 # that stalls brique) and fails the run now, not after libFuzzer's 20 min.
-for target in virtio_blk_request api_request; do
+for target in virtio_blk_request virtio_net_frames api_request; do
     (cd fuzz && cargo fuzz run --sanitizer none "$target" -- \
         -max_total_time="${BRIQUE_FUZZ_SECONDS:-30}" -timeout=10)
 done

@@ -3,6 +3,8 @@
 //! transport ([`mmio::MmioTransport`]) that exposes a device to the guest.
 
 pub mod block;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod mmio;
 pub mod net;
 

@@ -4,20 +4,17 @@
 //! Used by the cargo-fuzz target (fuzz/) and by a randomized unit test.
 
 use super::{Block, CacheMode, Disk};
+use crate::virtio::fuzzing::{self, DESCRIPTOR_BYTES, RINGS_ADDR};
 use crate::virtio::{ActiveQueue, Interrupt, VirtioDevice};
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::FromRawFd;
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-const MEM_SIZE: usize = 0x1_0000;
-const QUEUE_ADDR: u64 = 0x8000;
 const QUEUE_SIZE: u16 = 16;
-const PAYLOAD_ADDR: u64 = 0x1000;
 const DISK_SIZE: u64 = 16 * 512;
 
 fn memfd_disk() -> Option<File> {
@@ -40,52 +37,22 @@ pub fn run(input: &[u8]) {
     let Some((&control, rest)) = input.split_first() else {
         return;
     };
-    let count = usize::from(control % u8::try_from(QUEUE_SIZE).unwrap_or(16)) + 1;
+    let count = usize::from(control % QUEUE_SIZE as u8) + 1;
     let read_only = control & 0x40 != 0;
     let cache = if control & 0x80 != 0 {
         CacheMode::Writeback
     } else {
         CacheMode::Unsafe
     };
-    let mut descriptors = Vec::with_capacity(count);
-    for chunk in rest.chunks_exact(16).take(count) {
-        let word = |range: std::ops::Range<usize>| {
-            let mut bytes = [0u8; 8];
-            bytes[..range.len()].copy_from_slice(&chunk[range]);
-            u64::from_le_bytes(bytes)
-        };
-        // Mostly inside guest memory (sometimes just past it), sometimes raw.
-        let raw_addr = word(0..8);
-        let addr = if raw_addr & 1 == 0 {
-            raw_addr % (MEM_SIZE as u64 + 0x1000)
-        } else {
-            raw_addr
-        };
-        descriptors.push(RawDescriptor::from(SplitDescriptor::new(
-            addr,
-            word(8..12) as u32,
-            word(12..14) as u16,
-            word(14..16) as u16,
-        )));
-    }
+    let descriptors = fuzzing::descriptors(rest, count);
     if descriptors.is_empty() {
         return;
     }
-    let payload = rest.get(count * 16..).unwrap_or_default();
-
-    let Ok(mem) = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]) else {
+    let payload = rest.get(count * DESCRIPTOR_BYTES..).unwrap_or_default();
+    let Some(mem) = fuzzing::guest_memory(payload) else {
         return;
     };
-    let payload_len = payload
-        .len()
-        .min(QUEUE_ADDR as usize - PAYLOAD_ADDR as usize);
-    if mem
-        .write_slice(&payload[..payload_len], GuestAddress(PAYLOAD_ADDR))
-        .is_err()
-    {
-        return;
-    }
-    let mock = MockSplitQueue::create(&mem, GuestAddress(QUEUE_ADDR), QUEUE_SIZE);
+    let mock = MockSplitQueue::create(&mem, GuestAddress(RINGS_ADDR), QUEUE_SIZE);
     if mock.add_desc_chains(&descriptors, 0).is_err() {
         return;
     }

@@ -273,16 +273,7 @@ mod fuzz_smoke {
     /// test run (cargo-fuzz explores far more; see fuzz/).
     #[test]
     fn random_chains_never_panic() {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        for _ in 0..3000 {
-            let len = (next() % 400) as usize;
-            let mut input: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        for mut input in crate::virtio::fuzzing::pseudo_random_inputs(3000, 400) {
             // Steer some inputs to well-formed request types and directions.
             if let Some(byte) = input.get_mut(20) {
                 *byte &= 0x03;

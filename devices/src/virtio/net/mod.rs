@@ -4,6 +4,10 @@
 //! while the guest has RX buffers; without them RX pauses (one frame held)
 //! and resumes on the guest's RX notification, so memory stays bounded.
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod socket_backend;
 pub mod tap;
 
 use super::{
@@ -452,3 +456,15 @@ impl MutEventSubscriber for Net {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz_smoke {
+    /// The fuzz harness on pseudo-random inputs, on stable Rust in every
+    /// test run (cargo-fuzz explores far more; see fuzz/).
+    #[test]
+    fn random_frames_and_chains_never_panic() {
+        for input in crate::virtio::fuzzing::pseudo_random_inputs(2000, 600) {
+            super::fuzzing::run(&input);
+        }
+    }
+}

@@ -2,8 +2,9 @@
 //! for the tap: frames both ways, mergeable RX buffers, RX back-off, and
 //! hostile TX chains dropped and counted.
 
+use super::socket_backend::{recv, send, socket_pair};
 use super::*;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -16,39 +17,6 @@ const BUFFERS: u64 = 0x10_0000;
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 
-/// One end of a SOCK_DGRAM socket pair: frame boundaries are kept.
-struct SocketBackend(OwnedFd);
-
-impl AsRawFd for SocketBackend {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
-
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: receives into a buffer we own, at most its length.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
-fn send(fd: RawFd, frame: &[u8]) -> io::Result<usize> {
-    // SAFETY: sends from a live buffer.
-    let n = unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), libc::MSG_DONTWAIT) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
-impl FrameBackend for SocketBackend {
-    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        recv(self.as_raw_fd(), buf)
-    }
-    fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize> {
-        send(self.as_raw_fd(), frame)
-    }
-    fn set_offload(&self, _flags: libc::c_uint) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 struct Fixture {
     mem: GuestMemoryMmap,
     peer: OwnedFd,
@@ -57,35 +25,9 @@ struct Fixture {
 }
 
 fn fixture(mergeable: bool) -> Fixture {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair fills the two-element array.
-    let ret = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(ret, 0);
-    // Room for many 64 KiB frames in the socket.
-    for fd in fds {
-        let size: libc::c_int = 8 << 20;
-        // SAFETY: setsockopt reads one int.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUF,
-                (&size as *const libc::c_int).cast(),
-                4,
-            );
-        }
-    }
-    // SAFETY: both descriptors are fresh and owned from here on.
-    let (ours, peer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (backend, peer) = socket_pair().unwrap();
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let mut net = Net::new(Box::new(SocketBackend(ours)), Some([6, 0, 0, 0, 0, 1])).unwrap();
+    let mut net = Net::new(Box::new(backend), Some([6, 0, 0, 0, 0, 1])).unwrap();
     let mut features = super::super::VIRTIO_F_VERSION_1;
     if mergeable {
         features |= 1 << VIRTIO_NET_F_MRG_RXBUF;
