@@ -4,7 +4,8 @@
 #   formatting and clippy, unit tests, /dev/kvm tests with tiny guests,
 #   end-to-end tests booting real Linux guests in the nested-KVM test host,
 #   the aarch64 cross-build (Debian's rustc-web with the arm64 std), and a
-#   short fuzzing runs of the virtio-blk request parser and the API parsers.
+#   short fuzzing runs of the virtio-blk request parser, the virtio-net
+#   TX/RX paths and the API parsers.
 # Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
