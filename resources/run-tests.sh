@@ -3,7 +3,7 @@
 # then runs every check and test brique has:
 #   formatting and clippy, unit tests, /dev/kvm tests with tiny guests,
 #   end-to-end tests booting real Linux guests in the nested-KVM test host,
-#   the aarch64 cross-build (Debian's rustc-web with the arm64 std), and a
+#   the aarch64 cross-build (Debian's rustc-web with the arm64 std), and
 #   short fuzzing runs of the virtio-blk request parser, the virtio-net
 #   TX/RX paths and the API parsers.
 # Exits non-zero on the first failure.
