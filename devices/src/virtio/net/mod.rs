@@ -206,7 +206,6 @@ impl Net {
     /// Moves frames from the backend to the guest until the backend is
     /// empty or the guest has no more RX buffers.
     pub fn process_rx(&mut self) -> RxState {
-        let mut delivered_any = false;
         let mut state = RxState::Drained;
         loop {
             if self.rx_pending == 0 {
@@ -222,8 +221,8 @@ impl Net {
             }
             match self.deliver_pending() {
                 Delivery::Done => {
-                    delivered_any = true;
                     self.rx_pending = 0;
+                    self.signal_rx_used();
                 }
                 Delivery::Dropped => self.rx_pending = 0,
                 Delivery::NoBuffers => {
@@ -232,12 +231,19 @@ impl Net {
                 }
             }
         }
+        state
+    }
+
+    /// Interrupts the guest for a delivered frame if it asked to be told
+    /// (with EVENT_IDX: the used index passed its used_event). Done per frame,
+    /// not once the backend is drained, so that the guest starts on the
+    /// first frames while later ones are still being delivered.
+    fn signal_rx_used(&mut self) {
         if let Some(active) = self.active.as_mut() {
-            if delivered_any && active.rx.needs_notification(&active.mem).unwrap_or(true) {
+            if active.rx.needs_notification(&active.mem).unwrap_or(true) {
                 active.interrupt.signal_used_queue();
             }
         }
-        state
     }
 
     /// Runs RX and watches the backend only while the guest has buffers.
