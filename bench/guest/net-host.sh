@@ -15,23 +15,34 @@ uptime_s() { cut -d' ' -f1 /proc/uptime; }
 
 measure() { # VMM: the VMM runs in the background writing /tmp/vm.out
     vmm=$1 pid=$2
-    for i in $(seq 1 300); do
+    echo "measuring $vmm (run $run)"
+    for i in $(seq 1 150); do
         grep -q '^NETBENCH_READY' /tmp/vm.out && break
         kill -0 "$pid" 2>/dev/null || break
         sleep 1
     done
     if ! grep -q '^NETBENCH_READY' /tmp/vm.out; then
-        echo "$vmm: the guest did not get ready:"; tail -30 /tmp/vm.out
+        # A stalled run says where it stands: each VMM thread's state and
+        # CPU ticks (utime stime) twice, 5 s apart, and the tap's counters.
+        echo "$vmm: the guest did not get ready; VMM threads (state utime stime), twice:"
+        for pass in 1 2; do
+            for task in /proc/"$pid"/task/*; do
+                echo "  $(cat "$task/comm") $(cut -d' ' -f3,14,15 "$task/stat") wchan=$(cat "$task/wchan")"
+            done
+            [ $pass = 1 ] && sleep 5
+        done
+        echo "  tap0 tx_packets=$(cat /sys/class/net/tap0/statistics/tx_packets) rx_packets=$(cat /sys/class/net/tap0/statistics/rx_packets)"
+        tail -30 /tmp/vm.out
         kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
         return
     fi
-    tr -d '\r' < /tmp/vm.out | grep '^NETBENCH h2g' | sed "s/^NETBENCH/$vmm net/" >> /tmp/results
+    tr -d '\r' < /tmp/vm.out | grep '^NETBENCH h2g' | sed "s/^NETBENCH/$vmm net/" | tee -a /tmp/results
     t0=$(uptime_s)
     wget -q -O - http://172.16.0.2:8080/g2h | dd of=/dev/null bs=64k 2>/dev/null
     t1=$(uptime_s)
-    awk -v a="$t0" -v b="$t1" -v v="$vmm" 'BEGIN {printf "%s net g2h_MiBps=%.1f\n", v, 128/(b-a)}' >> /tmp/results
+    awk -v a="$t0" -v b="$t1" -v v="$vmm" 'BEGIN {printf "%s net g2h_MiBps=%.1f\n", v, 128/(b-a)}' | tee -a /tmp/results
     rtt=$(ping -c 40 -i 0.05 172.16.0.2 | tail -n1 | cut -d= -f2 | cut -d/ -f2)
-    echo "$vmm net rtt_avg_ms=$rtt" >> /tmp/results
+    echo "$vmm net rtt_avg_ms=$rtt" | tee -a /tmp/results
     kill "$pid"; wait "$pid" 2>/dev/null
 }
 
@@ -44,7 +55,7 @@ cat > /tmp/net.json <<JSON
 }
 JSON
 : > /tmp/results
-for i in $(seq 1 "$runs"); do
+for run in $(seq 1 "$runs"); do
     "$BRIQUE" --config-file /tmp/net.json < /dev/null > /tmp/vm.out 2>&1 &
     measure brique $!
     "$QEMU" -L "$QEMU_DATADIR" -M microvm,x-option-roms=off,rtc=off,acpi=off \
@@ -56,7 +67,6 @@ for i in $(seq 1 "$runs"); do
         < /dev/null > /tmp/vm.out 2>&1 &
     measure qemu $!
 done
-cat /tmp/results
 echo
 echo "network benchmark: $runs runs each, 1 vCPU, 128 MiB over TCP (HTTP) each way, 40 pings"
 . ./report.sh
