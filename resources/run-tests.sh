@@ -48,7 +48,14 @@ RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/cross \
 step "tests: unit, /dev/kvm tiny guests, end-to-end in the test host"
 test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
+retry_log=target/brique-testhost-retries.log  # written by tests/lib.rs
+rm -f "$retry_log"
 cargo test --workspace 2>&1 | tee "$test_log"
+if [ -s "$retry_log" ]; then
+    echo
+    echo "*** WARNING: $(grep -c '^\*\*\* WARNING' "$retry_log") test host run(s) hung and were retried (the retries passed):"
+    cat "$retry_log"
+fi
 
 step "fuzzing: virtio-blk requests, virtio-net frames and API requests, briefly (cargo-fuzz, libFuzzer)"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked

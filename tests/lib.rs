@@ -135,11 +135,14 @@ pub fn run_in_test_host(script: &str, files: &[(&str, &[u8])]) -> HostRun {
         let status = output.status.code().unwrap_or(-1);
         if status == 124 && attempt == 1 {
             let tail: Vec<&str> = console.lines().rev().take(15).collect();
-            eprintln!(
-                "\n*** WARNING: the test host hung (timeout after {HOST_TIMEOUT_SECS} s); \
+            let warning = format!(
+                "*** WARNING: the test host hung (timeout after {HOST_TIMEOUT_SECS} s) in {}; \
                  retrying once. Last console lines:\n{}\n",
+                std::thread::current().name().unwrap_or("a test"),
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
+            eprintln!("\n{warning}");
+            record_retry(&root, &warning);
             attempt += 1;
             continue;
         }
@@ -154,6 +157,23 @@ pub fn run_in_test_host(script: &str, files: &[(&str, &[u8])]) -> HostRun {
     };
     let _ = std::fs::remove_dir_all(&dir);
     HostRun { status, console }
+}
+
+/// Where retries of a hung test host are recorded, so that the test
+/// command can print them even for tests that passed (cargo test hides a
+/// passing test's output).
+pub const RETRY_LOG: &str = "target/brique-testhost-retries.log";
+
+fn record_retry(root: &std::path::Path, warning: &str) {
+    use std::io::Write;
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join(RETRY_LOG))
+        .and_then(|mut log| log.write_all(warning.as_bytes()));
+    if let Err(err) = appended {
+        eprintln!("cannot record the retry in {RETRY_LOG}: {err}");
+    }
 }
 
 /// Says loudly why e2e tests are skipped, if they must be: only when
@@ -177,4 +197,18 @@ pub fn kvm_available() -> bool {
         eprintln!("\n*** SKIPPED: /dev/kvm is not available on this machine ***\n");
     }
     ok
+}
+
+#[cfg(test)]
+mod retry_log_tests {
+    #[test]
+    fn retries_are_appended_for_the_test_command_to_print() {
+        let root = std::env::temp_dir().join(format!("brique-retry-log-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("target")).unwrap();
+        super::record_retry(&root, "*** WARNING: first\n");
+        super::record_retry(&root, "*** WARNING: second\n");
+        let log = std::fs::read_to_string(root.join(super::RETRY_LOG)).unwrap();
+        assert_eq!(log, "*** WARNING: first\n*** WARNING: second\n");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
