@@ -199,17 +199,24 @@ impl VirtioEvents {
         })
     }
 
-    /// From `activate`: keeps the queues' notifiers (those of the first
-    /// activation) and returns the queues.
-    pub fn adopt(&mut self, queues: Vec<ActiveQueue>) -> Vec<Queue> {
+    /// From `activate`: checks that the driver set up the device's `N`
+    /// queues, keeps their notifiers (those of the first activation) and
+    /// returns the queues.
+    pub fn adopt<const N: usize>(
+        &mut self,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<[Queue; N], ActivateError> {
+        let got = queues.len();
         let (queues, notifiers): (Vec<Queue>, Vec<EventFd>) = queues
             .into_iter()
             .map(|active| (active.queue, active.notify))
             .unzip();
+        let queues = <[Queue; N]>::try_from(queues)
+            .map_err(|_| ActivateError::QueueCount { expected: N, got })?;
         if self.notifiers.is_empty() {
             self.notifiers = notifiers;
         }
-        queues
+        Ok(queues)
     }
 
     /// From `activate`: tells the event loop that the device was activated.

@@ -229,13 +229,7 @@ impl VirtioDevice for Block {
         queues: Vec<ActiveQueue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let got = queues.len();
-        if got != 1 {
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        }
-        let Some(queue) = self.events.adopt(queues).pop() else {
-            return Err(ActivateError::QueueCount { expected: 1, got });
-        };
+        let [queue] = self.events.adopt(queues)?;
         self.active = Some(Active {
             mem,
             queue,

@@ -76,15 +76,22 @@ impl Fixture {
 
     /// Activates `block` on `queue`; returns its interrupt and the irqfd.
     fn activate(&self, block: &mut Block, queue: Queue) -> (Arc<Interrupt>, EventFd) {
+        self.activate_notified_by(block, queue, EventFd::new(EFD_NONBLOCK).unwrap())
+    }
+
+    /// Activates `block` on `queue` with `notify` as the queue's notifier.
+    fn activate_notified_by(
+        &self,
+        block: &mut Block,
+        queue: Queue,
+        notify: EventFd,
+    ) -> (Arc<Interrupt>, EventFd) {
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let interrupt = Interrupt::new(crate::EventFdTrigger::new(irq.try_clone().unwrap()));
         block
             .activate(
                 self.mem.clone(),
-                vec![ActiveQueue {
-                    queue,
-                    notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-                }],
+                vec![ActiveQueue { queue, notify }],
                 interrupt.clone(),
             )
             .unwrap();
@@ -473,17 +480,11 @@ fn notifications_after_a_reset_are_consumed() {
     loop_.add_subscriber(block.clone());
     let notify = EventFd::new(EFD_NONBLOCK).unwrap();
     let activate = |mock: &MockSplitQueue<GuestMemoryMmap>| {
-        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        let interrupt = Interrupt::new(crate::EventFdTrigger::new(irq));
-        let queue = ActiveQueue {
-            queue: mock.create_queue().unwrap(),
-            notify: notify.try_clone().unwrap(),
-        };
-        block
-            .lock()
-            .unwrap()
-            .activate(f.mem.clone(), vec![queue], interrupt)
-            .unwrap();
+        f.activate_notified_by(
+            &mut block.lock().unwrap(),
+            mock.create_queue().unwrap(),
+            notify.try_clone().unwrap(),
+        );
     };
     f.mem
         .write_slice(&[0u8; 0x1_0000], GuestAddress(0x4_0000))

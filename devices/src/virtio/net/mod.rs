@@ -415,14 +415,7 @@ impl VirtioDevice for Net {
         queues: Vec<ActiveQueue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let got = queues.len();
-        if got != 2 {
-            return Err(ActivateError::QueueCount { expected: 2, got });
-        }
-        let mut queues = self.events.adopt(queues).into_iter();
-        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
-            return Err(ActivateError::QueueCount { expected: 2, got });
-        };
+        let [rx, tx] = self.events.adopt(queues)?;
         self.active = Some(Active {
             mem,
             rx,

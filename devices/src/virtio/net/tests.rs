@@ -14,6 +14,8 @@ const MEM_SIZE: usize = 0x40_0000;
 const RX_RING: u64 = 0x1_0000;
 const TX_RING: u64 = 0x2_0000;
 const BUFFERS: u64 = 0x10_0000;
+/// Entries of each mock queue.
+const MOCK_QUEUE_LEN: u16 = 64;
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 
@@ -62,29 +64,57 @@ impl Fixture {
         MockSplitQueue<'m, GuestMemoryMmap>,
         MockSplitQueue<'m, GuestMemoryMmap>,
     ) {
-        let rxq = MockSplitQueue::create(mem, GuestAddress(RX_RING), 64);
-        let txq = MockSplitQueue::create(mem, GuestAddress(TX_RING), 64);
-        if !rx.is_empty() {
-            rxq.add_desc_chains(rx, 0).unwrap();
-        }
-        if !tx.is_empty() {
-            txq.add_desc_chains(tx, 0).unwrap();
-        }
-        let queues = vec![
-            ActiveQueue {
-                queue: rxq.create_queue().unwrap(),
-                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-            },
-            ActiveQueue {
-                queue: txq.create_queue().unwrap(),
-                notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-            },
-        ];
+        let (queues, rxq, txq) = mock_queues(mem, rx, tx, fresh_notifiers());
         self.net
             .activate(self.mem.clone(), queues, self.interrupt.clone())
             .unwrap();
         (rxq, txq)
     }
+}
+
+/// RX and TX mock queues on `mem` holding the chains `rx` and `tx`, and
+/// the queues a device is activated with (notified by `notifiers`).
+fn mock_queues<'m>(
+    mem: &'m GuestMemoryMmap,
+    rx: &[RawDescriptor],
+    tx: &[RawDescriptor],
+    notifiers: [EventFd; 2],
+) -> (
+    Vec<ActiveQueue>,
+    MockSplitQueue<'m, GuestMemoryMmap>,
+    MockSplitQueue<'m, GuestMemoryMmap>,
+) {
+    let rxq = MockSplitQueue::create(mem, GuestAddress(RX_RING), MOCK_QUEUE_LEN);
+    let txq = MockSplitQueue::create(mem, GuestAddress(TX_RING), MOCK_QUEUE_LEN);
+    for (mock, chains) in [(&rxq, rx), (&txq, tx)] {
+        if !chains.is_empty() {
+            mock.add_desc_chains(chains, 0).unwrap();
+        }
+    }
+    let [rx_notify, tx_notify] = notifiers;
+    let queues = vec![
+        ActiveQueue {
+            queue: rxq.create_queue().unwrap(),
+            notify: rx_notify,
+        },
+        ActiveQueue {
+            queue: txq.create_queue().unwrap(),
+            notify: tx_notify,
+        },
+    ];
+    (queues, rxq, txq)
+}
+
+/// Notifiers for an RX and a TX queue that nobody writes.
+fn fresh_notifiers() -> [EventFd; 2] {
+    [(); 2].map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+}
+
+/// `count` RX chains of one writable `len`-byte buffer each, 4 KiB apart.
+fn rx_buffers(count: u16, len: u32) -> Vec<RawDescriptor> {
+    (0..count)
+        .map(|i| desc(BUFFERS + u64::from(i) * 0x1000, len, WRITE, 0))
+        .collect()
 }
 
 fn frame(len: usize, fill: u8) -> Vec<u8> {
@@ -164,9 +194,7 @@ fn host_frames_reach_the_guest_with_num_buffers() {
 fn every_delivered_frame_is_signalled() {
     let mut f = fixture(false);
     let mem = f.mem.clone();
-    let rx: Vec<RawDescriptor> = (0..3u16)
-        .map(|i| desc(BUFFERS + u64::from(i) * 0x1000, 1600, WRITE, 0))
-        .collect();
+    let rx = rx_buffers(3, 1600);
     let (_rxq, _txq) = f.activate(&mem, &rx, &[]);
     for fill in 1..=3 {
         send(f.peer.as_raw_fd(), &frame(500, fill)).unwrap();
@@ -180,9 +208,7 @@ fn every_delivered_frame_is_signalled() {
 fn mergeable_buffers_carry_a_large_frame_in_several_chains() {
     let mut f = fixture(true);
     let mem = f.mem.clone();
-    let rx: Vec<RawDescriptor> = (0..4u16)
-        .map(|i| desc(BUFFERS + u64::from(i) * 0x1000, 1500, WRITE, 0))
-        .collect();
+    let rx = rx_buffers(4, 1500);
     let (rxq, _txq) = f.activate(&mem, &rx, &[]);
     let sent = frame(4000, 0x99);
     send(f.peer.as_raw_fd(), &sent).unwrap();
@@ -262,7 +288,6 @@ fn config_space_has_mac_and_link_up() {
 /// goes out once enough buffers are there.
 #[test]
 fn event_idx_rx_waits_for_more_buffers_without_missing_the_kick() {
-    const QSIZE: u16 = 64;
     const USED_RING: u64 = 0x3_0000;
     let mut f = fixture(true);
     f.net.set_acked_features(
@@ -271,33 +296,26 @@ fn event_idx_rx_waits_for_more_buffers_without_missing_the_kick() {
             | super::super::VIRTIO_RING_F_EVENT_IDX,
     );
     let mem = f.mem.clone();
-    let rxq = MockSplitQueue::create(&mem, GuestAddress(RX_RING), QSIZE);
-    let txq = MockSplitQueue::create(&mem, GuestAddress(TX_RING), QSIZE);
-    rxq.add_desc_chains(&[desc(BUFFERS, 1500, WRITE, 0)], 0)
-        .unwrap();
-    let mut rx: Queue = rxq.create_queue().unwrap();
+    let (mut queues, rxq, _txq) = mock_queues(
+        &mem,
+        &[desc(BUFFERS, 1500, WRITE, 0)],
+        &[],
+        fresh_notifiers(),
+    );
     // The mock lays its used ring over used_event: use a ring of our own.
-    rx.set_used_ring_address(Some(USED_RING as u32), Some(0));
-    rx.set_event_idx(true);
-    let mut tx: Queue = txq.create_queue().unwrap();
-    tx.set_event_idx(true);
-    let queues = vec![
-        ActiveQueue {
-            queue: rx,
-            notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-        },
-        ActiveQueue {
-            queue: tx,
-            notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-        },
-    ];
+    queues[0]
+        .queue
+        .set_used_ring_address(Some(USED_RING as u32), Some(0));
+    for active in &mut queues {
+        active.queue.set_event_idx(true);
+    }
     f.net
         .activate(f.mem.clone(), queues, f.interrupt.clone())
         .unwrap();
 
     send(f.peer.as_raw_fd(), &frame(4000, 0x42)).unwrap();
     assert_eq!(f.net.process_rx(), RxState::OutOfBuffers);
-    let avail_event_addr = GuestAddress(USED_RING + 4 + 8 * u64::from(QSIZE));
+    let avail_event_addr = GuestAddress(USED_RING + 4 + 8 * u64::from(MOCK_QUEUE_LEN));
     let avail_event = u16::from_le(f.mem.read_obj(avail_event_addr).unwrap());
     assert_eq!(
         avail_event, 1,
@@ -335,7 +353,7 @@ fn avail_index_beyond_the_queue_needs_a_reset() {
     let tx = [desc(BUFFERS, 200, 0, 0)];
     let rx = [desc(BUFFERS + 0x1000, 1600, WRITE, 0)];
     let (rxq, txq) = f.activate(&mem, &rx, &tx);
-    txq.avail().idx().store(u16::to_le(1 + 64 + 1));
+    txq.avail().idx().store(u16::to_le(1 + MOCK_QUEUE_LEN + 1));
     f.net.process_tx();
     assert!(f.interrupt.needs_reset());
     let mut got = vec![0u8; 2000];
@@ -364,18 +382,11 @@ fn notifications_after_a_reset_are_consumed() {
     loop_.add_subscriber(net.clone());
     let rx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
     let tx_notify = EventFd::new(EFD_NONBLOCK).unwrap();
-    let rxq = MockSplitQueue::create(&mem, GuestAddress(RX_RING), 64);
-    let txq = MockSplitQueue::create(&mem, GuestAddress(TX_RING), 64);
-    let queues = vec![
-        ActiveQueue {
-            queue: rxq.create_queue().unwrap(),
-            notify: rx_notify.try_clone().unwrap(),
-        },
-        ActiveQueue {
-            queue: txq.create_queue().unwrap(),
-            notify: tx_notify.try_clone().unwrap(),
-        },
+    let notifiers = [
+        rx_notify.try_clone().unwrap(),
+        tx_notify.try_clone().unwrap(),
     ];
+    let (queues, _rxq, _txq) = mock_queues(&mem, &[], &[], notifiers);
     net.lock()
         .unwrap()
         .activate(mem.clone(), queues, f.interrupt.clone())
