@@ -4,6 +4,13 @@
 #   --aarch64   also install the Debian rustc-web toolchain with the arm64 std
 #               (cross-build check of the aarch64 arch code) and qemu-user.
 # Idempotent: packages already present are skipped quickly.
+#
+# It never removes a package the machine has. QEMU (the test host and the
+# benchmark peer) comes from bookworm-backports (10.0): Debian 12 machines
+# often carry backports' qemu-utils, which Breaks bookworm's qemu-system 7.2,
+# so installing 7.2 would remove it. Backports are NotAutomatic, so adding
+# that suite upgrades nothing else. Should apt still want to remove anything,
+# this script stops and names it instead.
 set -euo pipefail
 
 want_aarch64=0
@@ -18,9 +25,11 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 
+# Taken from bookworm-backports (see above).
+backports_packages=(qemu-system-x86)
 packages=(
     # test host (nested KVM under QEMU's software CPU) and the QEMU microvm peer
-    qemu-system-x86 busybox-static cpio gzip procps
+    "${backports_packages[@]}" busybox-static cpio gzip procps
     # guest kernel build from Debian's linux-source-6.1
     build-essential flex bison bc libelf-dev libssl-dev xz-utils
     # rootfs images and host-side checks
@@ -33,9 +42,18 @@ if [ "$want_aarch64" = 1 ]; then
         libc6-dev-arm64-cross qemu-user-static)
 fi
 
+installed_version() {
+    { dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null || true; } \
+        | awk '$3 == "installed" {print $4}'
+}
+
 missing=()
 for p in "${packages[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    version="$(installed_version "$p")"
+    if [ -z "$version" ]; then
+        missing+=("$p")
+    elif [[ " ${backports_packages[*]} " == *" $p "* ]] && [[ "$version" != *bpo12* ]]; then
+        # bookworm's QEMU from an earlier install: move it to backports' (an upgrade).
         missing+=("$p")
     fi
 done
@@ -45,9 +63,51 @@ if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
 fi
 
+backports_list=/etc/apt/sources.list.d/brique-bookworm-backports.sources
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "install-deps: adding Debian's bookworm-backports suite ($backports_list) for QEMU"
+    $SUDO tee "$backports_list" > /dev/null <<'EOF'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+fi
 if [ "$want_aarch64" = 1 ] && ! dpkg --print-foreign-architectures | grep -qx arm64; then
     $SUDO dpkg --add-architecture arm64
 fi
+
+# Two groups: QEMU with `-t bookworm-backports` (its own dependencies of the
+# same version come from there too), everything else from bookworm.
+from_backports=() from_release=()
+for p in "${missing[@]}"; do
+    if [[ " ${backports_packages[*]} " == *" $p "* ]]; then
+        from_backports+=("$p")
+    else
+        from_release+=("$p")
+    fi
+done
+
+# Runs apt-get install for one group ($1: extra apt options, then packages),
+# after checking that it removes nothing.
+install_group() {
+    local options="$1"; shift
+    [ $# -gt 0 ] || return 0
+    local removals
+    # shellcheck disable=SC2086 # options are words on purpose
+    removals="$(apt-get install -s -q --no-install-recommends $options "$@" 2>&1 \
+        | awk '/^Remv / {print $2}' | tr '\n' ' ')"
+    if [ -n "$removals" ]; then
+        echo "install-deps: installing $* would remove packages this machine has:" \
+            "${removals}- stopping; none of them was removed." >&2
+        exit 1
+    fi
+    # shellcheck disable=SC2086
+    $SUDO apt-get install -y -q --no-install-recommends --no-remove $options "$@"
+}
+
 echo "install-deps: installing ${missing[*]}"
 $SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+install_group "" "${from_release[@]}"
+install_group "-t bookworm-backports" "${from_backports[@]}"

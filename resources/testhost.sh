@@ -8,6 +8,7 @@
 #   --with DIR      copy DIR's files into the test host (at /brique/with)
 #   --with-qemu     also copy QEMU (the benchmark peer) and its firmware
 #   --smp N         test host CPUs (default 2)
+#   --cpu MODEL     QEMU CPU model of the test host (default: $BRIQUE_TESTHOST_CPU, else max)
 #   --mem MIB       test host memory (default 3072)
 #   --timeout SECS  kill the test host after SECS (default 900); exit 124
 #   --log FILE      also keep the console in FILE
@@ -26,11 +27,13 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 with_dir="" with_qemu=0 smp=2 mem=3072 timeout_secs=900 keep_log=""
+cpu="${BRIQUE_TESTHOST_CPU:-max}"
 while [ $# -gt 0 ]; do
     case "$1" in
         --with) with_dir="$(cd "$2" && pwd)"; shift 2 ;;
         --with-qemu) with_qemu=1; shift ;;
         --smp) smp="$2"; shift 2 ;;
+        --cpu) cpu="$2"; shift 2 ;;
         --mem) mem="$2"; shift 2 ;;
         --timeout) timeout_secs="$2"; shift 2 ;;
         --log) keep_log="$2"; shift 2 ;;
@@ -75,7 +78,9 @@ if [ -n "$with_dir" ]; then cp -a "$with_dir/." "$stage/brique/with/"; fi
 if [ "$with_qemu" = 1 ]; then
     copy_with_libs /usr/bin/qemu-system-x86_64 /brique/qemu/bin/qemu-system-x86_64
     mkdir -p "$stage/brique/qemu/share"
-    cp /usr/share/qemu/{qboot.rom,bios-microvm.bin,linuxboot_dma.bin} "$stage/brique/qemu/share/"
+    cp /usr/share/qemu/{qboot.rom,linuxboot_dma.bin} "$stage/brique/qemu/share/"
+    # QEMU 10 finds the microvm BIOS (SeaBIOS's build) in its data dir only.
+    cp -L /usr/share/seabios/bios-microvm.bin "$stage/brique/qemu/share/"
 fi
 
 {
@@ -140,9 +145,9 @@ accel="tcg"
 watchdog=$!
 set +e
 timeout --foreground -k 10 "$timeout_secs" \
-    qemu-system-x86_64 -M q35 -accel "$accel" -cpu max -m "$mem" -smp "$smp" \
+    qemu-system-x86_64 -M q35 -accel "$accel" -cpu "$cpu" -m "$mem" -smp "$smp" \
     -kernel "$TESTHOST_KERNEL" -initrd "$work/initramfs.cpio" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=3" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=5 softlockup_panic=1 softlockup_all_cpu_backtrace=1" \
     -nodefaults -no-user-config -display none -no-reboot \
     -chardev stdio,id=console,signal=off -serial chardev:console \
     < /dev/null | tee "$log"

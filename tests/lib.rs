@@ -31,6 +31,8 @@ pub struct Case {
     pub console: Vec<String>,
     /// brique's stderr lines.
     pub stderr: Vec<String>,
+    /// Where the whole test host console is kept (under `target/`).
+    pub console_log: PathBuf,
 }
 
 impl Case {
@@ -53,6 +55,8 @@ pub struct HostRun {
     pub status: i32,
     /// The whole test host console.
     pub console: String,
+    /// Where that console is kept (under `target/`).
+    pub console_log: PathBuf,
 }
 
 impl HostRun {
@@ -85,11 +89,13 @@ impl HostRun {
                     exit,
                     console,
                     stderr,
+                    console_log: self.console_log.clone(),
                 };
             }
         }
         panic!(
-            "case {name} did not finish; test host console:\n{}",
+            "case {name} did not finish (test host console kept in {}):\n{}",
+            self.console_log.display(),
             self.console
         );
     }
@@ -122,10 +128,13 @@ pub fn run_in_test_host(script: &str, files: &[(&str, &[u8])]) -> HostRun {
     // stopped after HOST_TIMEOUT_SECS and tried once more, loudly; every
     // assertion still applies to the run that finished.
     let mut attempt = 1;
-    let (status, console) = loop {
+    let (status, console, console_log) = loop {
+        let console_log = console_log_path(&root, attempt);
         let output = Command::new(root.join("resources/testhost.sh"))
             .arg("--timeout")
             .arg(HOST_TIMEOUT_SECS.to_string())
+            .arg("--log")
+            .arg(&console_log)
             .arg("--with")
             .arg(&dir)
             .args(["--", "sh", "case.sh"])
@@ -137,8 +146,9 @@ pub fn run_in_test_host(script: &str, files: &[(&str, &[u8])]) -> HostRun {
             let tail: Vec<&str> = console.lines().rev().take(15).collect();
             let warning = format!(
                 "*** WARNING: the test host hung (timeout after {HOST_TIMEOUT_SECS} s) in {}; \
-                 retrying once. Last console lines:\n{}\n",
+                 retrying once. Console kept in {}; last lines:\n{}\n",
                 std::thread::current().name().unwrap_or("a test"),
+                console_log.display(),
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
             eprintln!("\n{warning}");
@@ -149,14 +159,48 @@ pub fn run_in_test_host(script: &str, files: &[(&str, &[u8])]) -> HostRun {
         if status >= 124 || !console.contains("BRIQUE_TESTHOST_READY kvm=yes") {
             let _ = std::fs::remove_dir_all(&dir);
             panic!(
-                "the test host did not run (status {status}, attempt {attempt}):\n{console}\n{}",
+                "the test host did not run (status {status}, attempt {attempt}; console kept in {}):\n{console}\n{}",
+                console_log.display(),
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        break (status, console);
+        break (status, console, console_log);
     };
     let _ = std::fs::remove_dir_all(&dir);
-    HostRun { status, console }
+    HostRun {
+        status,
+        console,
+        console_log,
+    }
+}
+
+/// Where the console of this test's test host run (`attempt`) is kept:
+/// `target/testhost-logs/<test binary>.<test name>-<attempt>.log`, named
+/// in failures.
+fn console_log_path(root: &Path, attempt: u32) -> PathBuf {
+    let dir = root.join("target/testhost-logs");
+    if let Err(err) = std::fs::create_dir_all(&dir) {
+        eprintln!("cannot create {}: {err}", dir.display());
+    }
+    let test: String = std::thread::current()
+        .name()
+        .unwrap_or("test")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    // The test binary is target/debug/deps/<name>-<hash>.
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|stem| stem.split('-').next().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    dir.join(format!("{binary}.{test}-{attempt}.log"))
 }
 
 /// Where retries of a hung test host are recorded, so that the test

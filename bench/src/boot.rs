@@ -54,6 +54,9 @@ pub struct BootSetup {
     pub timeout: Duration,
     /// Scratch directory for config files.
     pub scratch: PathBuf,
+    /// What the guest init does after its marker (`brique_action`):
+    /// `hold` to measure a running guest, `reboot` to end the VMM.
+    pub guest_action: &'static str,
 }
 
 /// One boot's figures.
@@ -65,11 +68,13 @@ pub struct BootSample {
     pub memory: smaps::VmmMemory,
 }
 
-/// Kernel command line both VMMs pass: the guest holds after its marker.
-pub fn boot_args() -> String {
-    "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd \
-     brique_action=hold"
-        .to_owned()
+/// Kernel command line both VMMs pass; the guest's init then does `setup.guest_action`.
+pub fn boot_args(setup: &BootSetup) -> String {
+    format!(
+        "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd \
+         brique_action={}",
+        setup.guest_action
+    )
 }
 
 /// The brique command for `setup`.
@@ -80,7 +85,7 @@ pub fn brique_command(brique: &PathBuf, setup: &BootSetup) -> Result<Command, Bo
             "machine-config": {{"vcpu_count": {}, "mem_size_mib": {}}}}}"#,
         setup.kernel,
         setup.initrd,
-        boot_args(),
+        boot_args(setup),
         setup.vcpus,
         setup.mem_mib
     );
@@ -94,7 +99,10 @@ pub fn brique_command(brique: &PathBuf, setup: &BootSetup) -> Result<Command, Bo
 }
 
 /// The QEMU microvm command for `setup`: same kernel, initrd, command line,
-/// vCPUs and memory; KVM; serial console on stdout; no other devices.
+/// vCPUs and memory; KVM; serial console on stdout; an i8042 like brique's
+/// (the guest's `reboot=k` resets through it, which ends QEMU under
+/// -no-reboot; without it the guest's reboot never ends QEMU); no other
+/// devices.
 pub fn qemu_command(qemu: &PathBuf, datadir: Option<&PathBuf>, setup: &BootSetup) -> Command {
     let mut command = Command::new(qemu);
     if let Some(datadir) = datadir {
@@ -102,6 +110,7 @@ pub fn qemu_command(qemu: &PathBuf, datadir: Option<&PathBuf>, setup: &BootSetup
     }
     command
         .args(["-M", "microvm,x-option-roms=off,rtc=off,acpi=off"])
+        .args(["-device", "i8042"])
         .args(["-accel", "kvm", "-cpu", "host"])
         .args(["-m", &setup.mem_mib.to_string()])
         .args(["-smp", &setup.vcpus.to_string()])
@@ -117,7 +126,7 @@ pub fn qemu_command(qemu: &PathBuf, datadir: Option<&PathBuf>, setup: &BootSetup
         .arg(&setup.kernel)
         .arg("-initrd")
         .arg(&setup.initrd)
-        .args(["-append", &boot_args()]);
+        .args(["-append", &boot_args(setup)]);
     command
 }
 

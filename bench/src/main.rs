@@ -9,6 +9,7 @@
 mod api;
 mod boot;
 mod smaps;
+mod stability;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -62,6 +63,34 @@ enum Bench {
         #[arg(long, default_value_t = 180)]
         timeout: u64,
     },
+    /// Many short boots (init, then reboot) with each VMM, interleaved:
+    /// counts clean boots, triple faults, panics and hangs.
+    Stability {
+        /// Boots per VMM.
+        #[arg(long, default_value_t = 100)]
+        runs: u32,
+        #[command(flatten)]
+        vmms: Vmms,
+        /// Guest kernel (ELF vmlinux or bzImage).
+        #[arg(long)]
+        kernel: PathBuf,
+        /// Guest initramfs.
+        #[arg(long)]
+        initrd: PathBuf,
+        /// Guest memory, MiB.
+        #[arg(long, default_value_t = 128)]
+        mem_mib: u32,
+        /// Guest vCPUs.
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        /// Seconds a boot may take before it counts as a hang.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Where the KVM trace of the test host can be read after a
+        /// failed boot (tracefs `trace` file), printed with the failure.
+        #[arg(long)]
+        kvm_trace: Option<PathBuf>,
+    },
     /// Control API round-trip latency (p50, p99), brique's REST API vs QEMU's QMP.
     Api {
         /// Measured round trips per operation (plus 10% warm-up).
@@ -74,6 +103,33 @@ enum Bench {
 
 fn main() -> ExitCode {
     match Args::parse().command {
+        Bench::Stability {
+            runs,
+            vmms,
+            kernel,
+            initrd,
+            mem_mib,
+            vcpus,
+            timeout,
+            kvm_trace,
+        } => {
+            let setup = boot::BootSetup {
+                kernel,
+                initrd,
+                mem_mib,
+                vcpus,
+                timeout: Duration::from_secs(timeout),
+                scratch: std::env::temp_dir(),
+                guest_action: "reboot",
+            };
+            match run_stability(runs, &vmms, &setup, kvm_trace.as_ref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("brique-bench: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Bench::Api { iterations, vmms } => match run_api(iterations, &vmms) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -97,6 +153,7 @@ fn main() -> ExitCode {
                 vcpus,
                 timeout: Duration::from_secs(timeout),
                 scratch: std::env::temp_dir(),
+                guest_action: "hold",
             };
             match run_boot(runs, &vmms, &setup) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -106,6 +163,95 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn run_stability(
+    runs: u32,
+    vmms: &Vmms,
+    setup: &boot::BootSetup,
+    kvm_trace: Option<&PathBuf>,
+) -> Result<(), boot::BootBenchError> {
+    use stability::{boot_once, Outcome, Tally};
+    let mut brique = Tally::default();
+    let mut qemu = Tally::default();
+    println!(
+        "stability benchmark: {runs} boots each, interleaved, {} vCPU(s), {} MiB, kernel {}",
+        setup.vcpus,
+        setup.mem_mib,
+        setup.kernel.display()
+    );
+    for run in 1..=runs {
+        for (name, tally) in [("brique", &mut brique), ("qemu", &mut qemu)] {
+            let command = if name == "brique" {
+                boot::brique_command(&vmms.brique, setup)?
+            } else {
+                boot::qemu_command(&vmms.qemu, vmms.qemu_datadir.as_ref(), setup)
+            };
+            let result =
+                boot_once(command, setup).map_err(|source| boot::BootBenchError::Spawn {
+                    vmm: if name == "brique" { "brique" } else { "qemu" },
+                    source,
+                })?;
+            // One line per boot as it ends: a test host that freezes shows how far it got.
+            println!(
+                "boot {run}/{runs} {name}: {} in {:.1} s{}",
+                result.outcome.name(),
+                result.wall.as_secs_f64(),
+                result
+                    .time_to_init
+                    .map(|t| format!(" (init at {:.1} s)", t.as_secs_f64()))
+                    .unwrap_or_default()
+            );
+            if result.outcome != Outcome::Clean {
+                println!("{}", result.evidence);
+                if let Some(trace) = kvm_trace {
+                    print_kvm_trace(trace);
+                }
+            }
+            tally.add(&result);
+        }
+    }
+    println!("\nstability: {runs} boots each");
+    for outcome in [
+        Outcome::Clean,
+        Outcome::TripleFault,
+        Outcome::Panic,
+        Outcome::Hang,
+        Outcome::Other,
+    ] {
+        println!(
+            "  {:<34} brique {:4} | qemu microvm {:4}",
+            outcome.name(),
+            brique.count(outcome),
+            qemu.count(outcome)
+        );
+    }
+    print_metric("wall time per boot (s)", &brique.wall_secs, &qemu.wall_secs);
+    print_metric("time to guest init (s)", &brique.init_secs, &qemu.init_secs);
+    println!(
+        "STABILITY brique clean={}/{} qemu clean={}/{}",
+        brique.count(Outcome::Clean),
+        brique.total(),
+        qemu.count(Outcome::Clean),
+        qemu.total()
+    );
+    Ok(())
+}
+
+/// Prints the tail of the test host's KVM trace (and clears it).
+fn print_kvm_trace(trace: &PathBuf) {
+    match std::fs::read_to_string(trace) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+            let from = lines.len().saturating_sub(40);
+            println!("  KVM trace (last {} events):", lines.len() - from);
+            for line in &lines[from..] {
+                println!("    {line}");
+            }
+            let _ = std::fs::write(trace, "");
+        }
+        Err(err) => println!("  (no KVM trace: {err})"),
     }
 }
 

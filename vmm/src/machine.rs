@@ -85,8 +85,8 @@ pub enum ExitReason {
     GuestPowerOff,
     /// The guest kernel panicked; its panic line.
     GuestPanic(String),
-    /// A vCPU triple-faulted.
-    TripleFault { vcpu: u8 },
+    /// A vCPU triple-faulted; `state` is its registers as KVM reports them.
+    TripleFault { vcpu: u8, state: String },
     /// The guest reported a crash through a KVM system event.
     GuestCrash { vcpu: u8 },
     /// A vCPU could not go on running.
@@ -118,7 +118,13 @@ impl std::fmt::Display for ExitReason {
             Self::GuestPowerOff => write!(f, "guest powered off"),
             Self::Stopped => write!(f, "stopped by a signal (SIGTERM or SIGINT)"),
             Self::GuestPanic(line) => write!(f, "guest kernel panic: {line}"),
-            Self::TripleFault { vcpu } => write!(f, "guest triple fault on vCPU {vcpu}"),
+            Self::TripleFault { vcpu, state } => {
+                write!(f, "guest triple fault on vCPU {vcpu}; vCPU state:")?;
+                for line in state.lines() {
+                    write!(f, "\n  {line}")?;
+                }
+                Ok(())
+            }
             Self::GuestCrash { vcpu } => write!(f, "guest crashed on vCPU {vcpu}"),
             Self::VcpuFailed { vcpu, detail } => write!(f, "vCPU {vcpu} failed: {detail}"),
         }
@@ -502,7 +508,7 @@ impl Machine {
             MachineEvent::VcpuStopped { id, reason } => match reason {
                 VcpuStop::SystemReset => ExitReason::GuestReset,
                 VcpuStop::SystemShutdown => ExitReason::GuestPowerOff,
-                VcpuStop::TripleFault => ExitReason::TripleFault { vcpu: id },
+                VcpuStop::TripleFault(state) => ExitReason::TripleFault { vcpu: id, state },
                 VcpuStop::SystemCrash => ExitReason::GuestCrash { vcpu: id },
                 other => ExitReason::VcpuFailed {
                     vcpu: id,

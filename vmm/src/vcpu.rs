@@ -1,6 +1,7 @@
 //! vCPU threads: each runs KVM_RUN, dispatches port I/O and MMIO exits to
 //! the device buses, and reports why it stopped.
 
+use crate::arch;
 use crate::metrics::METRICS;
 use brique_devices::bus::Bus;
 use kvm_bindings::kvm_run;
@@ -24,8 +25,8 @@ pub struct IoBuses {
 pub enum VcpuStop {
     /// The VMM asked it to stop.
     Requested,
-    /// The guest triple-faulted (KVM_EXIT_SHUTDOWN).
-    TripleFault,
+    /// The guest triple-faulted (KVM_EXIT_SHUTDOWN); the vCPU's state.
+    TripleFault(String),
     /// The guest asked for a reset through a KVM system event.
     SystemReset,
     /// The guest powered off through a KVM system event.
@@ -215,15 +216,17 @@ impl Vcpu {
                     (internal.suberror, internal.ndata)
                 };
                 VcpuStop::InternalError(format!(
-                    "KVM internal error on vCPU {}: suberror {suberror} ({}), {ndata} data words",
+                    "KVM internal error on vCPU {}: suberror {suberror} ({}), {ndata} data words\n{}",
                     self.id,
                     if suberror == 1 {
                         "emulation failure"
                     } else {
                         "see KVM_INTERNAL_ERROR_*"
-                    }
+                    },
+                    arch::vcpu_state_report(&self.fd)
                 ))
             }
+            VcpuStop::TripleFault(_) => VcpuStop::TripleFault(arch::vcpu_state_report(&self.fd)),
             other => other,
         }
     }
@@ -258,7 +261,7 @@ fn handle_exit(exit: VcpuExit<'_>, buses: &IoBuses) -> Option<VcpuStop> {
             buses.mmio.write(addr, data);
             None
         }
-        VcpuExit::Shutdown => Some(VcpuStop::TripleFault),
+        VcpuExit::Shutdown => Some(VcpuStop::TripleFault(String::new())),
         VcpuExit::Hlt => Some(VcpuStop::Halted),
         VcpuExit::SystemEvent(kind, _) => Some(match kind {
             kvm_bindings::KVM_SYSTEM_EVENT_RESET => VcpuStop::SystemReset,

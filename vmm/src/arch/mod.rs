@@ -6,6 +6,7 @@
 //! - `setup_vm(&VmFd)`: VM-wide KVM setup (interrupt controller, timers)
 //! - `load_guest(..) -> BootEntry`: kernel, initrd and boot tables into memory
 //! - `VcpuTemplate::new(&Kvm, count, smt)`, `configure_vcpu(..)`: vCPU state
+//! - `vcpu_state_report(&VcpuFd)`: a stopped vCPU's registers, for error messages
 //! - `ArchError`: what can fail in the above
 
 #[cfg(target_arch = "x86_64")]

@@ -66,6 +66,11 @@ impl VcpuTemplate {
     }
 }
 
+/// A stopped vCPU's registers, for an operator's error message.
+pub fn vcpu_state_report(_vcpu: &VcpuFd) -> String {
+    "(no register report on aarch64 yet)".to_owned()
+}
+
 /// Sets up one vCPU.
 pub fn configure_vcpu(
     _vcpu: &VcpuFd,

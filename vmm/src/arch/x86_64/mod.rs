@@ -1,6 +1,7 @@
 //! x86_64: memory layout, boot protocol, vCPU state and legacy devices.
 
 pub mod cpuid;
+pub mod fault_report;
 pub mod gdt;
 pub mod interrupts;
 pub mod layout;
@@ -14,6 +15,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::fs::File;
 use vm_memory::GuestMemoryMmap;
 
+pub use fault_report::vcpu_state_report;
 pub use layout::{ram_ranges, MAX_GUEST_MEM_MIB, MMIO_DEVICES_START};
 
 /// IOAPIC lines for virtio devices: above the legacy ISA ones in use
