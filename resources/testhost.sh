@@ -12,6 +12,8 @@
 #   --mem MIB       test host memory (default 3072)
 #   --timeout SECS  kill the test host after SECS (default 900); exit 124
 #   --log FILE      also keep the console in FILE
+# For experiments with the emulator itself: BRIQUE_TESTHOST_QEMU names another
+# qemu-system-x86_64 for the test host, BRIQUE_TESTHOST_QEMU_DATADIR its -L.
 #
 # Inside the test host (a busybox userland plus debugfs, root, /dev/kvm):
 #   /brique/bin/brique            target/release/brique (libraries in /lib*)
@@ -28,6 +30,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 with_dir="" with_qemu=0 smp=2 mem=3072 timeout_secs=900 keep_log=""
 cpu="${BRIQUE_TESTHOST_CPU:-max}"
+testhost_qemu=("${BRIQUE_TESTHOST_QEMU:-qemu-system-x86_64}")
+[ -n "${BRIQUE_TESTHOST_QEMU_DATADIR:-}" ] && testhost_qemu+=(-L "$BRIQUE_TESTHOST_QEMU_DATADIR")
 while [ $# -gt 0 ]; do
     case "$1" in
         --with) with_dir="$(cd "$2" && pwd)"; shift 2 ;;
@@ -108,6 +112,18 @@ mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 for m in irqbypass kvm; do insmod /lib/modules/$m.ko || echo "testhost: insmod $m failed"; done
 if grep -qw svm /proc/cpuinfo; then insmod /lib/modules/kvm-amd.ko; else insmod /lib/modules/kvm-intel.ko; fi
 for m in tun llc stp bridge; do insmod /lib/modules/$m.ko 2>/dev/null; done
+# No page of a running guest is moved behind KVM's back: QEMU's software CPU
+# (L0) loses track of a guest page that the test host's kernel migrates or
+# collapses into a huge page while KVM runs on it (the guest then reads page
+# tables as not present: triple faults, or an endless #PF loop). Measured with
+# resources/bench-stability.sh: khugepaged scanning every 1 ms made 1 in 20-30
+# brique boots fail. So khugepaged sleeps, THP faults never compact, and
+# proactive compaction is off. Guests still get huge pages where free.
+thp=/sys/kernel/mm/transparent_hugepage
+echo 86400000 > $thp/khugepaged/scan_sleep_millisecs
+echo 0 > $thp/khugepaged/defrag
+echo never > $thp/defrag
+echo 0 > /proc/sys/vm/compaction_proactiveness 2>/dev/null
 ip link set lo up
 if [ -c /dev/kvm ]; then echo "BRIQUE_TESTHOST_READY kvm=yes"; else echo "BRIQUE_TESTHOST_READY kvm=no"; fi
 sh /brique/cmd.sh
@@ -123,6 +139,11 @@ chmod +x "$stage/init" "$stage/brique/cmd.sh"
 (cd "$stage" && find . -print0 | cpio --null -o -H newc --owner=0:0 --quiet) > "$work/initramfs.cpio"
 
 log="${keep_log:-$work/console.log}"
+# A soft lockup (a CPU stuck in the test host's kernel, e.g. in KVM) panics
+# at once instead of hanging to the time limit; the panic replays the kernel
+# log, which then holds every CPU's backtrace. The console stays at
+# loglevel 3 otherwise, so kernel lines do not cut into CMD's output.
+diagnostics="softlockup_panic=1 softlockup_all_cpu_backtrace=1 panic_print=0x20"
 accel="tcg"
 [ "$smp" -gt 1 ] && accel="tcg,thread=multi"
 # Once CMD has reported its status, the test host has 60 s to power off; a
@@ -145,9 +166,9 @@ accel="tcg"
 watchdog=$!
 set +e
 timeout --foreground -k 10 "$timeout_secs" \
-    qemu-system-x86_64 -M q35 -accel "$accel" -cpu "$cpu" -m "$mem" -smp "$smp" \
+    "${testhost_qemu[@]}" -M q35 -accel "$accel" -cpu "$cpu" -m "$mem" -smp "$smp" \
     -kernel "$TESTHOST_KERNEL" -initrd "$work/initramfs.cpio" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=5 softlockup_panic=1 softlockup_all_cpu_backtrace=1" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=3 $diagnostics" \
     -nodefaults -no-user-config -display none -no-reboot \
     -chardev stdio,id=console,signal=off -serial chardev:console \
     < /dev/null | tee "$log"

@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod controller;
 pub mod event_loop;
+pub mod guest_ram;
 mod legacy;
 pub mod logger;
 pub mod machine;

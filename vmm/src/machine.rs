@@ -205,7 +205,6 @@ impl Clone for EventSender {
 /// A booted microVM.
 #[derive(Debug)]
 pub struct Machine {
-    vm: Vm,
     vcpu_threads: Vec<JoinHandle<()>>,
     vcpu_control: Arc<VcpuControl>,
     paused: bool,
@@ -216,6 +215,9 @@ pub struct Machine {
     event_loop: EventLoop,
     panic_report: GuestPanicReport,
     _buses: Arc<IoBuses>,
+    /// Last: the VM and its guest memory go after every device, bus and
+    /// thread that uses them.
+    vm: Vm,
 }
 
 fn open(path: &std::path::Path) -> Result<File, MachineError> {
@@ -343,16 +345,10 @@ impl Machine {
             })
             .map_err(MachineError::Thread)?;
 
-        let vcpu_control = Arc::new(VcpuControl::default());
-        let vcpu_threads = vcpus
-            .into_iter()
-            .map(|vcpu| spawn_vcpu(vcpu, vcpu_control.clone(), machine_events.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
-
-        Ok(Self {
+        let mut machine = Self {
             vm,
-            vcpu_threads,
-            vcpu_control,
+            vcpu_threads: Vec::with_capacity(vcpus.len()),
+            vcpu_control: Arc::new(VcpuControl::default()),
             paused: false,
             events,
             events_ready,
@@ -361,7 +357,15 @@ impl Machine {
             event_loop,
             panic_report,
             _buses: buses,
-        })
+        };
+        // Each thread joins the machine as it starts: should a later one fail
+        // to start, dropping the machine stops and joins the earlier ones
+        // before the VM and its memory go away.
+        for vcpu in vcpus {
+            let thread = spawn_vcpu(vcpu, machine.vcpu_control.clone(), machine_events.clone())?;
+            machine.vcpu_threads.push(thread);
+        }
+        Ok(machine)
     }
 
     fn load_linux(
@@ -533,6 +537,11 @@ impl Machine {
         reason
     }
 
+    /// Stops every vCPU (out of KVM_RUN: kicked, then joined) and then the
+    /// device loop. Runs on every end (guest reset, power-off, panic,
+    /// triple fault, vCPU failure, SIGTERM, API) and again on drop, always
+    /// before the fields go: the VM fd and guest memory outlive every thread
+    /// that uses them.
     fn stop(&mut self) {
         self.vcpu_control.request_stop();
         self.kick_vcpus();

@@ -1,9 +1,10 @@
 //! The KVM VM: the KVM handle, the VM file descriptor and guest memory.
 
 use crate::arch;
+use crate::guest_ram::{map_guest_ram, GuestRam};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// Errors creating the VM.
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +29,16 @@ pub enum VmError {
     Arch(#[from] arch::ArchError),
 }
 
-/// A KVM VM with its guest memory registered.
+/// A KVM VM with its guest memory registered. Fields drop in order: the VM
+/// file descriptor, then the guest memory views, then the RAM mappings.
+/// Whoever holds a `Vm` drops it after every device and thread that uses
+/// its memory (`Machine` keeps it as its last field).
 #[derive(Debug)]
 pub struct Vm {
     kvm: Kvm,
     fd: VmFd,
     memory: GuestMemoryMmap,
+    _ram: GuestRam,
 }
 
 impl Vm {
@@ -43,14 +48,11 @@ impl Vm {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
         let mem_bytes = (mem_mib as u64) << 20;
-        let ranges: Vec<(GuestAddress, usize)> = arch::ram_ranges(mem_bytes)
-            .into_iter()
-            .map(|(start, len)| (GuestAddress(start), len as usize))
-            .collect();
-        let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|err| VmError::Memory {
-            mib: mem_mib,
-            detail: err.to_string(),
-        })?;
+        let (memory, ram) =
+            map_guest_ram(&arch::ram_ranges(mem_bytes)).map_err(|err| VmError::Memory {
+                mib: mem_mib,
+                detail: err.to_string(),
+            })?;
         for (slot, region) in memory.iter().enumerate() {
             let slot = slot as u32;
             let host_addr = region
@@ -72,7 +74,12 @@ impl Vm {
                 .map_err(|source| VmError::MemorySlot { slot, source })?;
         }
         arch::setup_vm(&fd)?;
-        Ok(Self { kvm, fd, memory })
+        Ok(Self {
+            kvm,
+            fd,
+            memory,
+            _ram: ram,
+        })
     }
 
     /// The KVM system handle.
