@@ -14,12 +14,8 @@ while [ $# -gt 0 ]; do
         *) echo "bench-boot.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-resources/install-deps.sh
-cargo build --release -p brique-api -p brique-bench
-dir="$(mktemp -d)"
-trap 'rm -rf "$dir"' EXIT
-cp target/release/brique-bench "$dir/"
-resources/testhost.sh --with-qemu --with "$dir" -- \
+. resources/bench-lib.sh
+resources/testhost.sh --with-qemu --with "$bench_dir" -- \
     ./brique-bench boot --runs "$runs" --vcpus "$vcpus" --mem-mib "$mem" \
     --brique /brique/bin/brique --qemu /brique/qemu/bin/qemu-system-x86_64 \
     --qemu-datadir /brique/qemu/share \

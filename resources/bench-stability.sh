@@ -31,11 +31,8 @@ while [ $# -gt 0 ]; do
         *) echo "bench-stability.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-resources/install-deps.sh
-cargo build --release -p brique-api -p brique-bench
-dir="$(mktemp -d)"
-trap 'rm -rf "$dir"' EXIT
-cp target/release/brique-bench "$dir/"
+. resources/bench-lib.sh
+dir="$bench_dir"
 # Inside the test host: KVM's injected exceptions and shutdown exits are
 # traced, so that a triple fault shows what led to it.
 printf '%s\n' "$host_setup" > "$dir/host-setup.sh"

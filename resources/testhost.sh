@@ -139,11 +139,15 @@ chmod +x "$stage/init" "$stage/brique/cmd.sh"
 (cd "$stage" && find . -print0 | cpio --null -o -H newc --owner=0:0 --quiet) > "$work/initramfs.cpio"
 
 log="${keep_log:-$work/console.log}"
-# A soft lockup (a CPU stuck in the test host's kernel, e.g. in KVM) panics
-# at once instead of hanging to the time limit; the panic replays the kernel
-# log, which then holds every CPU's backtrace. The console stays at
-# loglevel 3 otherwise, so kernel lines do not cut into CMD's output.
-diagnostics="softlockup_panic=1 softlockup_all_cpu_backtrace=1 panic_print=0x20"
+# A CPU stuck in the test host's kernel for 120 s (a soft lockup, e.g. in
+# KVM; watchdog_thresh=60 is the largest) panics the test host instead of
+# hanging it to the time limit; the panic replays the kernel log, which then
+# holds every CPU's backtrace. The threshold is high because the emulator
+# itself sometimes stalls the whole test host for about a minute and then
+# goes on (seen once in ~150 boots: "stuck for 55s" on an idle CPU); that
+# must not end a run. The console stays at loglevel 3, so kernel lines do
+# not cut into CMD's output.
+diagnostics="watchdog_thresh=60 softlockup_panic=1 softlockup_all_cpu_backtrace=1 panic_print=0x20"
 accel="tcg"
 [ "$smp" -gt 1 ] && accel="tcg,thread=multi"
 # Once CMD has reported its status, the test host has 60 s to power off; a

@@ -38,6 +38,50 @@ struct Vmms {
     qemu_datadir: Option<PathBuf>,
 }
 
+/// The guest both VMMs boot.
+#[derive(Debug, clap::Args)]
+struct Guest {
+    /// Guest kernel (ELF vmlinux or bzImage).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Guest initramfs.
+    #[arg(long)]
+    initrd: PathBuf,
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 128)]
+    mem_mib: u32,
+    /// Guest vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+}
+
+impl Guest {
+    /// What both VMMs boot: this guest, waited for `timeout_secs` each,
+    /// whose init then does `guest_action`.
+    fn setup(self, timeout_secs: u64, guest_action: &'static str) -> boot::BootSetup {
+        boot::BootSetup {
+            kernel: self.kernel,
+            initrd: self.initrd,
+            mem_mib: self.mem_mib,
+            vcpus: self.vcpus,
+            timeout: Duration::from_secs(timeout_secs),
+            scratch: std::env::temp_dir(),
+            guest_action,
+        }
+    }
+}
+
+/// Prints a benchmark's error; the exit status says it failed.
+fn report<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("brique-bench: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Bench {
     /// Time to guest init and VMM memory overhead, brique vs QEMU microvm.
@@ -47,18 +91,8 @@ enum Bench {
         runs: u32,
         #[command(flatten)]
         vmms: Vmms,
-        /// Guest kernel (ELF vmlinux).
-        #[arg(long)]
-        kernel: PathBuf,
-        /// Guest initramfs.
-        #[arg(long)]
-        initrd: PathBuf,
-        /// Guest memory, MiB.
-        #[arg(long, default_value_t = 128)]
-        mem_mib: u32,
-        /// Guest vCPUs.
-        #[arg(long, default_value_t = 1)]
-        vcpus: u32,
+        #[command(flatten)]
+        guest: Guest,
         /// Seconds to wait for each boot.
         #[arg(long, default_value_t = 180)]
         timeout: u64,
@@ -71,18 +105,8 @@ enum Bench {
         runs: u32,
         #[command(flatten)]
         vmms: Vmms,
-        /// Guest kernel (ELF vmlinux or bzImage).
-        #[arg(long)]
-        kernel: PathBuf,
-        /// Guest initramfs.
-        #[arg(long)]
-        initrd: PathBuf,
-        /// Guest memory, MiB.
-        #[arg(long, default_value_t = 128)]
-        mem_mib: u32,
-        /// Guest vCPUs.
-        #[arg(long, default_value_t = 1)]
-        vcpus: u32,
+        #[command(flatten)]
+        guest: Guest,
         /// Seconds a boot may take before it counts as a hang.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
@@ -106,63 +130,22 @@ fn main() -> ExitCode {
         Bench::Stability {
             runs,
             vmms,
-            kernel,
-            initrd,
-            mem_mib,
-            vcpus,
+            guest,
             timeout,
             kvm_trace,
-        } => {
-            let setup = boot::BootSetup {
-                kernel,
-                initrd,
-                mem_mib,
-                vcpus,
-                timeout: Duration::from_secs(timeout),
-                scratch: std::env::temp_dir(),
-                guest_action: "reboot",
-            };
-            match run_stability(runs, &vmms, &setup, kvm_trace.as_ref()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("brique-bench: {err}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Bench::Api { iterations, vmms } => match run_api(iterations, &vmms) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("brique-bench: {err}");
-                ExitCode::FAILURE
-            }
-        },
+        } => report(run_stability(
+            runs,
+            &vmms,
+            &guest.setup(timeout, "reboot"),
+            kvm_trace.as_ref(),
+        )),
+        Bench::Api { iterations, vmms } => report(run_api(iterations, &vmms)),
         Bench::Boot {
             runs,
             vmms,
-            kernel,
-            initrd,
-            mem_mib,
-            vcpus,
+            guest,
             timeout,
-        } => {
-            let setup = boot::BootSetup {
-                kernel,
-                initrd,
-                mem_mib,
-                vcpus,
-                timeout: Duration::from_secs(timeout),
-                scratch: std::env::temp_dir(),
-                guest_action: "hold",
-            };
-            match run_boot(runs, &vmms, &setup) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("brique-bench: {err}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        } => report(run_boot(runs, &vmms, &guest.setup(timeout, "hold"))),
     }
 }
 
