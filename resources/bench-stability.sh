@@ -33,8 +33,8 @@ while [ $# -gt 0 ]; do
 done
 . resources/bench-lib.sh
 dir="$bench_dir"
-# Inside the test host: KVM's injected exceptions and shutdown exits are
-# traced, so that a triple fault shows what led to it.
+# Inside the test host, KVM's injected exceptions and shutdown exits are
+# traced (testhost.sh sets that up), so that a triple fault shows what led to it.
 printf '%s\n' "$host_setup" > "$dir/host-setup.sh"
 cat > "$dir/run.sh" <<SCRIPT
 thp=/sys/kernel/mm/transparent_hugepage
@@ -43,18 +43,11 @@ thp_state() {
 }
 sh ./host-setup.sh
 thp_state
-t=/sys/kernel/tracing
-mount -t tracefs tracefs \$t 2>/dev/null
 trace=""
-if [ -w \$t/events/kvm/kvm_inj_exception/enable ]; then
-    echo 256 > \$t/buffer_size_kb
-    echo 1 > \$t/events/kvm/kvm_inj_exception/enable
-    echo 1 > \$t/events/kvm/kvm_userspace_exit/enable
-    echo 'exit_reason == 0x7f' > \$t/events/kvm/kvm_exit/filter 2>/dev/null
-    echo 1 > \$t/events/kvm/kvm_exit/enable
-    trace="--kvm-trace \$t/trace"
+if [ -r /sys/kernel/tracing/trace ]; then
+    trace="--kvm-trace /sys/kernel/tracing/trace"
 else
-    echo "bench-stability: no KVM tracepoints in the test host; failures come without a trace"
+    echo "bench-stability: no KVM trace in the test host; failures come without one"
 fi
 ./brique-bench stability --runs $((runs / hosts)) --vcpus $vcpus --mem-mib $mem \
     --brique /brique/bin/brique --qemu /brique/qemu/bin/qemu-system-x86_64 \

@@ -124,10 +124,25 @@ echo 86400000 > $thp/khugepaged/scan_sleep_millisecs
 echo 0 > $thp/khugepaged/defrag
 echo never > $thp/defrag
 echo 0 > /proc/sys/vm/compaction_proactiveness 2>/dev/null
+# KVM's shutdown exits (a guest's triple fault) and injected exceptions are
+# traced; after CMD, a run that had a triple fault prints what led to it.
+t=/sys/kernel/tracing
+mount -t tracefs tracefs $t 2>/dev/null
+if [ -w $t/events/kvm/kvm_inj_exception/enable ]; then
+    echo 256 > $t/buffer_size_kb
+    echo 'exit_reason == 0x7f' > $t/events/kvm/kvm_exit/filter
+    echo 1 > $t/events/kvm/kvm_exit/enable
+    echo 1 > $t/events/kvm/kvm_inj_exception/enable
+fi
 ip link set lo up
 if [ -c /dev/kvm ]; then echo "BRIQUE_TESTHOST_READY kvm=yes"; else echo "BRIQUE_TESTHOST_READY kvm=no"; fi
 sh /brique/cmd.sh
-echo "BRIQUE_TESTHOST_EXIT=$?"
+status=$?
+if grep -q 'reason shutdown' $t/trace 2>/dev/null; then
+    echo "testhost: a guest triple-faulted; the KVM trace (shutdown exits, injected exceptions):"
+    grep -v '^#' $t/trace | tail -n 40
+fi
+echo "BRIQUE_TESTHOST_EXIT=$status"
 # Whatever CMD left running (a VM, a server) must not hold up the power-off.
 kill -9 -1 2>/dev/null
 sleep 1
