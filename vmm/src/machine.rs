@@ -514,6 +514,8 @@ impl Machine {
                 VcpuStop::SystemShutdown => ExitReason::GuestPowerOff,
                 VcpuStop::TripleFault(state) => ExitReason::TripleFault { vcpu: id, state },
                 VcpuStop::SystemCrash => ExitReason::GuestCrash { vcpu: id },
+                // Its text has the registers on several lines: not Debug-quoted.
+                VcpuStop::InternalError(detail) => ExitReason::VcpuFailed { vcpu: id, detail },
                 other => ExitReason::VcpuFailed {
                     vcpu: id,
                     detail: format!("{other:?}"),
