@@ -29,19 +29,24 @@ pub enum GuestRamError {
     Layout(String),
 }
 
-/// One anonymous mapping of guest RAM, unmapped when dropped.
+/// One anonymous mapping of guest RAM (`addr`, `len`) inside the address
+/// range reserved for it (`reserved`, `reserved_len`), unmapped whole when
+/// dropped.
 #[derive(Debug)]
 struct Mapping {
     addr: usize,
     len: usize,
+    reserved: usize,
+    reserved_len: usize,
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: `addr..addr + len` is a mapping this struct created and
-        // owns; its owner (`GuestRam`, held by the VM) is dropped after
-        // every user of the guest memory views built on it (see `Vm`).
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+        // SAFETY: `reserved..reserved + reserved_len` is a mapping this
+        // struct created and owns; its owner (`GuestRam`, held by the VM) is
+        // dropped after every user of the guest memory views built on it
+        // (see `Vm`).
+        unsafe { libc::munmap(self.reserved as *mut libc::c_void, self.reserved_len) };
     }
 }
 
@@ -85,8 +90,11 @@ pub fn map_guest_ram(ranges: &[(u64, u64)]) -> Result<(GuestMemoryMmap, GuestRam
     Ok((memory, ram))
 }
 
-/// Maps `len` bytes of anonymous memory starting on a 2 MiB boundary: maps
-/// 2 MiB more than needed, then unmaps the slack before and after.
+/// Maps `len` bytes of anonymous memory starting on a 2 MiB boundary:
+/// reserves 2 MiB more than needed without access, then opens the aligned
+/// part. The slack before and after stays reserved (inaccessible, never
+/// resident): unmapped, it would leave 2 MiB-aligned holes where the next
+/// thread stack lands and, under THP, becomes a whole resident huge page.
 fn map_aligned(len: usize) -> Result<Mapping, GuestRamError> {
     let total = len
         .checked_add(HUGE_PAGE_SIZE)
@@ -97,7 +105,7 @@ fn map_aligned(len: usize) -> Result<Mapping, GuestRamError> {
         libc::mmap(
             null_mut(),
             total,
-            libc::PROT_READ | libc::PROT_WRITE,
+            libc::PROT_NONE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
             0,
@@ -110,18 +118,29 @@ fn map_aligned(len: usize) -> Result<Mapping, GuestRamError> {
         });
     }
     let start = reserved as usize;
-    let (aligned, head, tail) = aligned_within(start, total, len);
-    // SAFETY: both ranges lie inside the mapping just made and outside the
-    // aligned part that is kept; unmapping them touches nothing else.
-    unsafe {
-        if head > 0 {
-            libc::munmap(start as *mut libc::c_void, head);
-        }
-        if tail > 0 {
-            libc::munmap((aligned + len) as *mut libc::c_void, tail);
-        }
+    let (aligned, _, _) = aligned_within(start, total, len);
+    let mapping = Mapping {
+        addr: aligned,
+        len,
+        reserved: start,
+        reserved_len: total,
+    };
+    // SAFETY: `aligned..aligned + len` lies inside the reservation just
+    // made, which `mapping` owns; only its protection changes.
+    let opened = unsafe {
+        libc::mprotect(
+            aligned as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )
+    };
+    if opened != 0 {
+        return Err(GuestRamError::Mmap {
+            len,
+            source: std::io::Error::last_os_error(),
+        });
     }
-    Ok(Mapping { addr: aligned, len })
+    Ok(mapping)
 }
 
 /// Where the `len`-byte aligned part of a mapping at `start` of `total`
