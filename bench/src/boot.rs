@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The line the guest init prints once userspace runs.
@@ -130,6 +131,23 @@ pub fn qemu_command(qemu: &PathBuf, datadir: Option<&PathBuf>, setup: &BootSetup
     command
 }
 
+/// Forwards the VMM's console (its stdout), line by line with the time each
+/// line came, until it closes; the thread's handle says when all lines are in.
+pub fn forward_console(child: &mut Child) -> (mpsc::Receiver<(Instant, String)>, JoinHandle<()>) {
+    let stdout = child.stdout.take();
+    let (lines, received) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let Some(stdout) = stdout else { return };
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    (received, reader)
+}
+
 struct Running {
     child: Child,
 }
@@ -157,24 +175,14 @@ pub fn measure(
             .spawn()
             .map_err(|source| BootBenchError::Spawn { vmm, source })?,
     };
-    let stdout = running.child.stdout.take();
-    let (lines, received) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        let Some(stdout) = stdout else { return };
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (received, _reader) = forward_console(&mut running.child);
 
     let mut tail: Vec<String> = Vec::new();
     let time_to_init = loop {
         let left = setup.timeout.saturating_sub(start.elapsed());
         match received.recv_timeout(left) {
-            Ok(line) if line.contains(INIT_MARKER) => break start.elapsed(),
-            Ok(line) => {
+            Ok((_, line)) if line.contains(INIT_MARKER) => break start.elapsed(),
+            Ok((_, line)) => {
                 tail.push(line);
                 if tail.len() > 20 {
                     tail.remove(0);

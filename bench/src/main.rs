@@ -171,11 +171,8 @@ fn run_stability(
             } else {
                 boot::qemu_command(&vmms.qemu, vmms.qemu_datadir.as_ref(), setup)
             };
-            let result =
-                boot_once(command, setup).map_err(|source| boot::BootBenchError::Spawn {
-                    vmm: if name == "brique" { "brique" } else { "qemu" },
-                    source,
-                })?;
+            let result = boot_once(command, setup)
+                .map_err(|source| boot::BootBenchError::Spawn { vmm: name, source })?;
             // One line per boot as it ends: a test host that freezes shows how far it got.
             println!(
                 "boot {run}/{runs} {name}: {} in {:.1} s{}",
@@ -223,7 +220,7 @@ fn run_stability(
 }
 
 /// Prints the tail of the test host's KVM trace (and clears it).
-fn print_kvm_trace(trace: &PathBuf) {
+fn print_kvm_trace(trace: &std::path::Path) {
     match std::fs::read_to_string(trace) {
         Ok(text) => {
             let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();

@@ -3,11 +3,10 @@
 //! marker and reboots, which ends either VMM; anything else is a failure,
 //! sorted by what the console and the VMM's exit tell.
 
-use crate::boot::{BootSetup, INIT_MARKER};
+use crate::boot::{forward_console, BootSetup, INIT_MARKER};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The line the guest init prints just before it reboots.
@@ -93,17 +92,7 @@ pub fn boot_once(mut command: Command, setup: &BootSetup) -> std::io::Result<Boo
         .stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = command.spawn()?;
-    let (lines_tx, lines) = mpsc::channel::<(Instant, String)>();
-    let stdout = child.stdout.take();
-    let reader = std::thread::spawn(move || {
-        let Some(stdout) = stdout else { return };
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines_tx.send((Instant::now(), line)).is_err() {
-                break;
-            }
-        }
-    });
+    let (lines, reader) = forward_console(&mut child);
     let stderr = child.stderr.take();
     let stderr_reader = std::thread::spawn(move || {
         let mut text = String::new();
