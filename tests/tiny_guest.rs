@@ -20,6 +20,34 @@ pub const DOT_PRINTER: &[u8] = &[
     0xeb, 0xf2, // jmp loop
 ];
 
+/// Prints the letters `a` to `z` on COM1, one after the other with a spin
+/// in between, over and over: the letter in `bl` says where the guest is,
+/// so a restored guest shows whether it went on from where it was saved
+/// (the next letter) or started over.
+pub const LETTER_COUNTER: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xb3, b'a', // mov bl, 'a'
+    0x88, 0xd8, // loop: mov al, bl
+    0xee, // out dx, al
+    0xfe, 0xc3, // inc bl
+    0x80, 0xfb, b'z' + 1, // cmp bl, 'z' + 1
+    0x75, 0x02, // jne spin_start
+    0xb3, b'a', // mov bl, 'a'
+    0xb9, 0x00, 0x40, 0x00, 0x00, // spin_start: mov ecx, 0x4000
+    0xff, 0xc9, // spin: dec ecx
+    0x75, 0xfc, // jnz spin
+    0xeb, 0xe9, // jmp loop
+];
+
+/// The letter after `letter` in [`LETTER_COUNTER`]'s cycle.
+pub fn next_letter(letter: u8) -> u8 {
+    if letter >= b'z' {
+        b'a'
+    } else {
+        letter + 1
+    }
+}
+
 /// An ELF64 x86_64 executable whose one PT_LOAD segment holds `code`,
 /// entered at its first byte.
 pub fn elf_kernel(code: &[u8]) -> Vec<u8> {

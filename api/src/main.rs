@@ -5,6 +5,7 @@ mod stop_signal;
 use brique_api::http::server::{self, Server};
 use brique_vmm::controller::{self, Controller, RequestReceiver};
 use brique_vmm::logger::LogLevel;
+use brique_vmm::threads::{self, ThreadKind};
 use brique_vmm::{ConsoleIo, VmConfig};
 use clap::Parser;
 use std::os::fd::AsRawFd;
@@ -45,6 +46,11 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..))]
     metrics_interval: u64,
 
+    /// Print a snapshot state file's format version and its VM's shape
+    /// (JSON), then exit.
+    #[arg(long, value_name = "SNAPSHOT_FILE")]
+    describe_snapshot: Option<PathBuf>,
+
     /// Log verbosity, on stderr (PUT /logger can change it).
     #[arg(long, default_value = "warning", value_parser = parse_level)]
     log_level: LogLevel,
@@ -75,7 +81,19 @@ impl Drop for SocketFile<'_> {
     }
 }
 
+/// `--describe-snapshot`: the description as JSON on stdout.
+fn describe_snapshot(path: &Path) -> Result<ExitCode, String> {
+    let state = brique_vmm::persist::read_state(path)
+        .map_err(|err| format!("{}: {err}", path.display()))?;
+    let text = serde_json::to_string_pretty(&state.describe()).map_err(|err| err.to_string())?;
+    println!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(args: &Args) -> Result<ExitCode, String> {
+    if let Some(path) = &args.describe_snapshot {
+        return describe_snapshot(path);
+    }
     if args.config_file.is_none() && args.api_sock.is_none() {
         return Err(
             "nothing to do: pass --config-file FILE and/or --api-sock PATH (see --help)".into(),
@@ -95,13 +113,11 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 brique_api::handle_request(&handle, &request)
             })
             .map_err(|err| err.to_string())?;
-            std::thread::Builder::new()
-                .name("brique-api".into())
-                .spawn(move || {
-                    let err = server.run();
-                    log::error!("API server stopped: {err}");
-                })
-                .map_err(|err| format!("cannot start the API thread: {err}"))?;
+            threads::spawn(ThreadKind::Api, move || {
+                let err = server.run();
+                log::error!("API server stopped: {err}");
+            })
+            .map_err(|err| format!("cannot start the API thread: {err}"))?;
             Some(socket)
         }
         None => None,

@@ -9,6 +9,7 @@ use brique_vmm::config::{
 };
 use brique_vmm::controller::{ControllerError, MetricsConfig, VmmAction, VmmData};
 use brique_vmm::logger::LoggerConfig;
+use brique_vmm::persist::{SnapshotCreateParams, SnapshotLoadParams};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -26,6 +27,8 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/vm/config", &["GET"]),
     ("/logger", &["PUT"]),
     ("/metrics", &["PUT"]),
+    ("/snapshot/create", &["PUT"]),
+    ("/snapshot/load", &["PUT"]),
 ];
 
 /// Firecracker endpoints brique does not implement (yet): answered 404
@@ -36,7 +39,6 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "entropy",
     "hotplug",
     "mmds",
-    "snapshot",
     "vsock",
 ];
 
@@ -109,6 +111,8 @@ pub fn parse(request: &HttpRequest) -> Result<VmmAction, RouteError> {
         ["vm", "config"] => "/vm/config",
         ["logger"] => "/logger",
         ["metrics"] => "/metrics",
+        ["snapshot", "create"] => "/snapshot/create",
+        ["snapshot", "load"] => "/snapshot/load",
         [first, ..] if NOT_IMPLEMENTED.contains(first) => {
             return Err(RouteError {
                 status: StatusCode::NotFound,
@@ -179,6 +183,15 @@ pub fn parse(request: &HttpRequest) -> Result<VmmAction, RouteError> {
         ("/vm/config", Method::Get) => VmmAction::GetFullConfig,
         ("/logger", Method::Put) => VmmAction::PutLogger(body::<LoggerConfig>(request)?),
         ("/metrics", Method::Put) => VmmAction::PutMetrics(body::<MetricsConfig>(request)?),
+        ("/snapshot/create", Method::Put) => {
+            VmmAction::CreateSnapshot(body::<SnapshotCreateParams>(request)?)
+        }
+        ("/snapshot/load", Method::Put) => {
+            let params = body::<SnapshotLoadParams>(request)?;
+            // Exactly one memory backend, checked before the VMM sees it.
+            params.memory_file().map_err(RouteError::bad_request)?;
+            VmmAction::LoadSnapshot(params)
+        }
         (route, _) => {
             let allow = allowed_methods(route);
             return Err(RouteError {

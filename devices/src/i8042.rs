@@ -88,8 +88,8 @@ const OUTPUT_PORT_DEFAULT: u8 = 0x03;
 const OUTPUT_QUEUE_MAX: usize = 16;
 
 /// What the next data-port write means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PendingWrite {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PendingWrite {
     /// A keyboard command.
     None,
     /// The new command byte.
@@ -127,7 +127,59 @@ const CTRL_ALT_DEL_SET2: [u8; 11] = [
     0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14,
 ];
 
+/// The controller's registers and output queue, as saved in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct I8042State {
+    /// Controller configuration byte.
+    pub ctr: u8,
+    /// Status register (the output-buffer-full bit follows the queue).
+    pub status: u8,
+    /// Bytes waiting for the guest to read them.
+    pub output: Vec<u8>,
+    /// What the next data-port write means.
+    pub pending: PendingWrite,
+    /// How many of the queued bytes are keyboard input.
+    pub keyboard_bytes: usize,
+}
+
 impl I8042 {
+    /// The controller's state.
+    pub fn save(&self) -> I8042State {
+        I8042State {
+            ctr: self.ctr,
+            status: self.status,
+            output: self.output.iter().copied().collect(),
+            pending: self.pending,
+            keyboard_bytes: self.keyboard_bytes,
+        }
+    }
+
+    /// A controller in a saved state, wired as [`I8042::new`] does.
+    pub fn restore(
+        state: &I8042State,
+        reset_evt: EventFdTrigger,
+        kbd_irq: Option<EventFdTrigger>,
+    ) -> Result<Self, crate::state::StateError> {
+        if state.output.len() > OUTPUT_QUEUE_MAX || state.keyboard_bytes > state.output.len() {
+            return Err(crate::state::StateError::invalid(
+                "i8042",
+                format!(
+                    "{} queued bytes ({} from the keyboard), at most {OUTPUT_QUEUE_MAX}",
+                    state.output.len(),
+                    state.keyboard_bytes
+                ),
+            ));
+        }
+        let mut i8042 = Self::new(reset_evt, kbd_irq);
+        i8042.ctr = state.ctr;
+        i8042.status = state.status;
+        i8042.output = state.output.iter().copied().collect();
+        i8042.pending = state.pending;
+        i8042.keyboard_bytes = state.keyboard_bytes;
+        Ok(i8042)
+    }
+
     /// A controller that signals `reset_evt` when the guest resets the CPU
     /// and raises `kbd_irq` (if given) when keyboard bytes are ready.
     pub fn new(reset_evt: EventFdTrigger, kbd_irq: Option<EventFdTrigger>) -> Self {

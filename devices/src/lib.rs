@@ -8,9 +8,18 @@
 pub mod bus;
 pub mod i8042;
 pub mod serial;
+pub mod state;
 pub mod virtio;
 
 use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory as every device and the VMM see it: mmap-backed regions
+/// with a dirty bitmap, so that what the VMM itself writes into guest memory
+/// (virtio buffers and rings) is known to diff snapshots, beside KVM's dirty
+/// log of the guest's own writes.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
+/// One region of [`GuestMemoryMmap`].
+pub type GuestRegionMmap = vm_memory::GuestRegionMmap<vm_memory::bitmap::AtomicBitmap>;
 
 /// An [`EventFd`] used as a `vm_superio::Trigger`: writing it raises an
 /// interrupt (when registered as a KVM irqfd) or wakes an event loop.

@@ -4,10 +4,12 @@
 //! banner; host input is queued into the UART's receive FIFO.
 
 use crate::bus::BusDevice;
+use crate::state::StateError;
 use crate::EventFdTrigger;
+use serde::{Deserialize, Serialize};
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
-use vm_superio::serial::SerialEvents;
+use vm_superio::serial::{SerialEvents, SerialState};
 use vm_superio::Serial;
 
 /// COM1's first I/O port.
@@ -177,7 +179,72 @@ pub struct SerialConsole {
     uart: Serial<EventFdTrigger, InputDrained, ConsoleOutput>,
 }
 
+/// The UART's registers and receive FIFO, as saved in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConsoleState {
+    /// Divisor latch, low and high bytes.
+    pub baud_divisor: [u8; 2],
+    /// Interrupt Enable Register.
+    pub interrupt_enable: u8,
+    /// Interrupt Identification Register.
+    pub interrupt_identification: u8,
+    /// Line Control Register.
+    pub line_control: u8,
+    /// Line Status Register.
+    pub line_status: u8,
+    /// Modem Control Register.
+    pub modem_control: u8,
+    /// Modem Status Register.
+    pub modem_status: u8,
+    /// Scratch Register.
+    pub scratch: u8,
+    /// Bytes in the receive FIFO, not yet read by the guest.
+    pub receive_fifo: Vec<u8>,
+}
+
 impl SerialConsole {
+    /// The UART's state.
+    pub fn save(&self) -> SerialConsoleState {
+        let state = self.uart.state();
+        SerialConsoleState {
+            baud_divisor: [state.baud_divisor_low, state.baud_divisor_high],
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            receive_fifo: state.in_buffer,
+        }
+    }
+
+    /// A UART in a saved state, wired as [`SerialConsole::new`] does; an
+    /// interrupt the saved state has pending is raised again.
+    pub fn restore(
+        state: &SerialConsoleState,
+        interrupt: EventFdTrigger,
+        output: ConsoleOutput,
+        input_drained: Option<EventFdTrigger>,
+    ) -> Result<Self, StateError> {
+        let saved = SerialState {
+            baud_divisor_low: state.baud_divisor[0],
+            baud_divisor_high: state.baud_divisor[1],
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.receive_fifo.clone(),
+        };
+        let uart = Serial::from_state(&saved, interrupt, InputDrained(input_drained), output)
+            .map_err(|err| StateError::invalid("serial", format!("{err:?}")))?;
+        Ok(Self { uart })
+    }
+
     /// A UART raising `interrupt`, writing to `output`, and signalling
     /// `input_drained` (when given) once the guest emptied its receive FIFO.
     pub fn new(

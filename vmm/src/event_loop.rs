@@ -121,9 +121,7 @@ impl EventLoop {
         for subscriber in subscribers {
             manager.add_subscriber(subscriber);
         }
-        let thread = std::thread::Builder::new()
-            .name("brique-devices".into())
-            .spawn(move || {
+        let thread = crate::threads::spawn(crate::threads::ThreadKind::DeviceLoop, move || {
                 while !stopped.load(Ordering::Acquire) {
                     if let Err(err) = manager.run() {
                         log::error!("device event loop failed: {err:?}");

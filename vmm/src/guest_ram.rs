@@ -7,10 +7,18 @@
 //! aligned address, so every guest page would be mapped on its own, and the
 //! small pages at the edges of each huge page would later be collapsed by
 //! khugepaged, remapping a running guest's memory under KVM.
+//!
+//! A VM restored from a snapshot maps its memory file instead, privately:
+//! pages are read from the file only when first touched and copied only
+//! when written, so restoring costs the same whatever the guest's size.
 
+use brique_devices::{GuestMemoryMmap, GuestRegionMmap};
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::ptr::null_mut;
+use vm_memory::bitmap::{AtomicBitmap, NewBitmap};
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::GuestAddress;
 
 /// The alignment of guest RAM in brique's address space.
 pub const HUGE_PAGE_SIZE: usize = 2 << 20;
@@ -27,6 +35,19 @@ pub enum GuestRamError {
     /// vm-memory refused the regions.
     #[error("guest memory layout: {0}")]
     Layout(String),
+    /// The memory file cannot be mapped.
+    #[error("cannot map the memory file at offset {offset}: {source}")]
+    MapFile { offset: u64, source: std::io::Error },
+}
+
+/// What guest RAM starts out as.
+#[derive(Debug, Clone, Copy)]
+pub enum RamBacking<'a> {
+    /// Zeroed anonymous memory (a VM that boots).
+    Anonymous,
+    /// A snapshot's memory file, the ranges laid end to end in it, mapped
+    /// privately (a restored VM).
+    File(&'a File),
 }
 
 /// One anonymous mapping of guest RAM (`addr`, `len`) inside the address
@@ -57,23 +78,36 @@ pub struct GuestRam {
     mappings: Vec<Mapping>,
 }
 
-/// Maps `ranges` (guest physical start, length) as 2 MiB-aligned anonymous
-/// memory with transparent huge pages requested, and builds guest memory
-/// on them. The returned [`GuestRam`] owns the mappings.
-pub fn map_guest_ram(ranges: &[(u64, u64)]) -> Result<(GuestMemoryMmap, GuestRam), GuestRamError> {
+/// Maps `ranges` (guest physical start, length) 2 MiB-aligned, from
+/// `backing`, and builds guest memory on them: anonymous memory asks for
+/// transparent huge pages; a memory file is mapped privately, range after
+/// range. The returned [`GuestRam`] owns the mappings.
+pub fn map_guest_ram(
+    ranges: &[(u64, u64)],
+    backing: RamBacking<'_>,
+) -> Result<(GuestMemoryMmap, GuestRam), GuestRamError> {
     let mut ram = GuestRam::default();
     let mut regions = Vec::with_capacity(ranges.len());
+    let mut file_offset = 0u64;
     for &(start, len) in ranges {
         let len_bytes = usize::try_from(len).map_err(|_| GuestRamError::TooLarge(len))?;
         let mapping = map_aligned(len_bytes)?;
-        advise_huge_pages(mapping.addr, mapping.len);
+        let flags = match backing {
+            RamBacking::Anonymous => {
+                advise_huge_pages(mapping.addr, mapping.len);
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE
+            }
+            RamBacking::File(file) => {
+                map_file_over(&mapping, file, file_offset)?;
+                libc::MAP_PRIVATE | libc::MAP_NORESERVE
+            }
+        };
+        file_offset += len;
         let prot = libc::PROT_READ | libc::PROT_WRITE;
-        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-        // SAFETY: `mapping` is a live anonymous mapping of exactly
-        // `len_bytes` bytes, kept in `ram` for as long as the guest memory
-        // built here may be used.
+        // SAFETY: `mapping` is a live mapping of exactly `len_bytes` bytes,
+        // kept in `ram` for as long as the guest memory built here may be used.
         let region = unsafe {
-            MmapRegionBuilder::new(len_bytes)
+            MmapRegionBuilder::new_with_bitmap(len_bytes, AtomicBitmap::with_len(len_bytes))
                 .with_mmap_prot(prot)
                 .with_mmap_flags(flags)
                 .with_raw_mmap_pointer(mapping.addr as *mut u8)
@@ -143,6 +177,31 @@ fn map_aligned(len: usize) -> Result<Mapping, GuestRamError> {
     Ok(mapping)
 }
 
+/// Replaces the aligned part of `mapping` with a private (copy-on-write)
+/// mapping of `file` from `offset`.
+fn map_file_over(mapping: &Mapping, file: &File, offset: u64) -> Result<(), GuestRamError> {
+    let map_error = |source| GuestRamError::MapFile { offset, source };
+    let file_offset = libc::off_t::try_from(offset)
+        .map_err(|_| map_error(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
+    // SAFETY: MAP_FIXED replaces only `mapping.addr..+len`, which lies inside
+    // the reservation `mapping` owns; the file descriptor is valid for the call
+    // (the mapping keeps its own reference to the file).
+    let mapped = unsafe {
+        libc::mmap(
+            mapping.addr as *mut libc::c_void,
+            mapping.len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            file.as_raw_fd(),
+            file_offset,
+        )
+    };
+    if mapped == libc::MAP_FAILED {
+        return Err(map_error(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// The first 2 MiB boundary at or after `start`: with 2 MiB of slack
 /// reserved, `len` bytes from there stay inside the reservation.
 fn aligned_within(start: usize) -> usize {
@@ -166,6 +225,7 @@ fn advise_huge_pages(addr: usize, len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
     /// The VmFlags line of the /proc/self/smaps entry that starts at `addr`.
@@ -204,7 +264,8 @@ mod tests {
     #[test]
     fn guest_ram_is_huge_page_aligned_advised_and_usable() {
         let (memory, ram) =
-            map_guest_ram(&[(0, 6 << 20), (0x1_0000_0000, 4 << 20)]).expect("guest RAM");
+            map_guest_ram(&[(0, 6 << 20), (0x1_0000_0000, 4 << 20)], RamBacking::Anonymous)
+                .expect("guest RAM");
         assert_eq!(ram.mappings.len(), 2);
         for region in memory.iter() {
             let addr = region
@@ -226,5 +287,49 @@ mod tests {
             .unwrap();
         assert_eq!(read, 0x1234_5678);
         assert!(memory.read_obj::<u32>(GuestAddress(6 << 20)).is_err());
+    }
+
+    #[test]
+    fn a_memory_file_is_mapped_privately_range_after_range() {
+        let mut file = tempfile_in_target("guest-ram-file");
+        let mut contents = vec![0u8; 6 << 20];
+        contents[0x1000] = 0xaa; // first range
+        contents[(4 << 20) + 0x2000] = 0xbb; // second range, offset 0x2000
+        file.write_all(&contents).unwrap();
+        let (memory, _ram) = map_guest_ram(
+            &[(0, 4 << 20), (0x1_0000_0000, 2 << 20)],
+            RamBacking::File(&file),
+        )
+        .expect("file-backed guest RAM");
+        assert_eq!(memory.read_obj::<u8>(GuestAddress(0x1000)).unwrap(), 0xaa);
+        assert_eq!(
+            memory
+                .read_obj::<u8>(GuestAddress(0x1_0000_0000 + 0x2000))
+                .unwrap(),
+            0xbb
+        );
+        // Writes stay private: the file keeps its contents.
+        memory.write_obj(0x55u8, GuestAddress(0x1000)).unwrap();
+        let mut on_disk = [0u8; 1];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut on_disk, 0x1000).unwrap();
+        assert_eq!(on_disk[0], 0xaa);
+        // And the VMM's own write is in the dirty bitmap.
+        let region = memory.find_region(GuestAddress(0x1000)).unwrap();
+        let written = vm_memory::mmap::MmapRegion::bitmap(region);
+        assert!(written.is_addr_set(0x1000));
+        assert!(!written.is_addr_set(0x3000));
+    }
+
+    fn tempfile_in_target(name: &str) -> File {
+        let path = std::env::temp_dir().join(format!("brique-{name}-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file
     }
 }

@@ -7,7 +7,9 @@ use brique_devices::bus::Bus;
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -45,28 +47,62 @@ pub enum VcpuStop {
     RunFailed(String),
 }
 
-/// What the VMM asks of the vCPU threads: run, pause, or stop. A request
-/// takes effect at the thread's next exit from KVM_RUN; [`kick`] forces one.
+/// What a parked vCPU thread is asked to do with its vCPU (whose file
+/// descriptor only that thread uses); the answer goes back on the sender.
+#[derive(Debug)]
+pub enum VcpuRequest {
+    /// Read the vCPU's whole state.
+    SaveState(Sender<Result<arch::VcpuState, String>>),
+    /// Put a saved state into the vCPU.
+    RestoreState(Box<arch::VcpuState>, Sender<Result<(), String>>),
+}
+
+/// Parked threads and the requests waiting for them.
+#[derive(Debug, Default)]
+struct Parking {
+    /// How many vCPU threads are parked in a pause.
+    count: usize,
+    /// Requests for each vCPU, by id.
+    mail: HashMap<u8, VecDeque<VcpuRequest>>,
+}
+
+/// What the VMM asks of the vCPU threads: run, pause, or stop, and while
+/// paused, requests to each. A run/pause/stop request takes effect at the
+/// thread's next exit from KVM_RUN; [`kick_signal`] forces one.
 #[derive(Debug, Default)]
 pub struct VcpuControl {
     stop: AtomicBool,
     pause: AtomicBool,
-    /// How many vCPU threads are parked in a pause.
-    parked: Mutex<usize>,
+    parking: Mutex<Parking>,
     changed: Condvar,
 }
 
 impl VcpuControl {
-    fn parked(&self) -> MutexGuard<'_, usize> {
-        self.parked
+    fn parking(&self) -> MutexGuard<'_, Parking> {
+        self.parking
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Leaves `request` for vCPU `id`, served once it is parked.
+    pub fn post(&self, id: u8, request: VcpuRequest) {
+        self.parking()
+            .mail
+            .entry(id)
+            .or_default()
+            .push_back(request);
+        self.changed.notify_all();
+    }
+
+    /// Whether a pause was requested.
+    pub fn pause_requested(&self) -> bool {
+        self.pause.load(Ordering::Acquire)
     }
 
     /// Asks every vCPU to stop for good (paused ones too).
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Release);
-        let _parked = self.parked();
+        let _parking = self.parking();
         self.changed.notify_all();
     }
 
@@ -82,7 +118,7 @@ impl VcpuControl {
 
     /// Lets parked vCPUs run again.
     pub fn request_resume(&self) {
-        let _parked = self.parked();
+        let _parking = self.parking();
         self.pause.store(false, Ordering::Release);
         self.changed.notify_all();
     }
@@ -90,13 +126,13 @@ impl VcpuControl {
     /// Waits until `count` vCPUs are parked; false after `timeout`.
     pub fn wait_parked(&self, count: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut parked = self.parked();
-        while *parked < count {
+        let mut parking = self.parking();
+        while parking.count < count {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
             }
-            parked = match self.changed.wait_timeout(parked, left) {
+            parking = match self.changed.wait_timeout(parking, left) {
                 Ok((guard, _)) => guard,
                 Err(poisoned) => poisoned.into_inner().0,
             };
@@ -104,22 +140,28 @@ impl VcpuControl {
         true
     }
 
-    /// Called by a vCPU thread outside KVM_RUN: parks while a pause is
-    /// requested (and no stop).
-    fn park_if_paused(&self) {
-        if !self.pause.load(Ordering::Acquire) {
+    /// Called by vCPU thread `id` outside KVM_RUN: parks while a pause is
+    /// requested (and no stop), serving the requests posted for it.
+    fn park_if_paused(&self, id: u8, mut serve: impl FnMut(VcpuRequest)) {
+        if !self.pause_requested() {
             return;
         }
-        let mut parked = self.parked();
-        *parked += 1;
+        let mut parking = self.parking();
+        parking.count += 1;
         self.changed.notify_all();
-        while self.pause.load(Ordering::Acquire) && !self.stop_requested() {
-            parked = match self.changed.wait(parked) {
+        while self.pause_requested() && !self.stop_requested() {
+            if let Some(request) = parking.mail.get_mut(&id).and_then(VecDeque::pop_front) {
+                drop(parking);
+                serve(request);
+                parking = self.parking();
+                continue;
+            }
+            parking = match self.changed.wait(parking) {
                 Ok(guard) => guard,
                 Err(poisoned) => poisoned.into_inner(),
             };
         }
-        *parked -= 1;
+        parking.count -= 1;
         self.changed.notify_all();
     }
 }
@@ -154,23 +196,40 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
         .get_or_init(|| vmm_sys_util::signal::register_signal_handler(kick_signal(), handle_kick))
 }
 
-/// One vCPU and the buses its exits go to.
+/// One vCPU, the buses its exits go to, and the host facts its state
+/// is saved and restored with.
 #[derive(Debug)]
 pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
     buses: Arc<IoBuses>,
+    template: Arc<arch::VcpuTemplate>,
 }
 
 impl Vcpu {
-    /// Wraps a configured vCPU.
-    pub fn new(id: u8, fd: VcpuFd, buses: Arc<IoBuses>) -> Self {
-        Self { id, fd, buses }
+    /// Wraps a vCPU.
+    pub fn new(
+        id: u8,
+        fd: VcpuFd,
+        buses: Arc<IoBuses>,
+        template: Arc<arch::VcpuTemplate>,
+    ) -> Self {
+        Self {
+            id,
+            fd,
+            buses,
+            template,
+        }
     }
 
     /// This vCPU's index.
     pub fn id(&self) -> u8 {
         self.id
+    }
+
+    /// The vCPU's file descriptor (for its setup before it runs).
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
     }
 
     /// Runs the guest until it stops or `control` asks it to (the thread
@@ -184,7 +243,10 @@ impl Vcpu {
 
     fn run_loop(&mut self, control: &VcpuControl) -> VcpuStop {
         loop {
-            control.park_if_paused();
+            if control.pause_requested() {
+                arch::vcpu_paused(&self.fd);
+                control.park_if_paused(self.id, |request| self.serve(request));
+            }
             if control.stop_requested() {
                 return VcpuStop::Requested;
             }
@@ -204,6 +266,23 @@ impl Vcpu {
 }
 
 impl Vcpu {
+    /// Serves a request made while the vCPU is parked.
+    fn serve(&self, request: VcpuRequest) {
+        // A requester that gave up waiting is gone; nothing to tell it.
+        match request {
+            VcpuRequest::SaveState(reply) => {
+                let state = arch::save_vcpu(&self.fd, &self.template)
+                    .map_err(|err| format!("vCPU {}: {err}", self.id));
+                let _ = reply.send(state);
+            }
+            VcpuRequest::RestoreState(state, reply) => {
+                let restored = arch::restore_vcpu(&self.fd, &state, &self.template)
+                    .map_err(|err| format!("vCPU {}: {err}", self.id));
+                let _ = reply.send(restored);
+            }
+        }
+    }
+
     /// Adds what only `kvm_run` knows to a stop reason.
     fn with_details(&mut self, reason: VcpuStop) -> VcpuStop {
         match reason {
@@ -294,7 +373,7 @@ mod tests {
                 let control = control.clone();
                 let progress = progress.clone();
                 std::thread::spawn(move || loop {
-                    control.park_if_paused();
+                    control.park_if_paused(0, |_| {});
                     if control.stop_requested() {
                         return;
                     }
@@ -335,7 +414,7 @@ mod tests {
         for thread in threads {
             thread.join().unwrap();
         }
-        assert_eq!(*control.parked(), 0);
+        assert_eq!(control.parking().count, 0);
     }
 
     #[test]

@@ -6,10 +6,13 @@
 use crate::arch;
 use crate::config::{parse_mac, CacheType, DriveConfig, NetworkInterfaceConfig};
 use crate::event_loop::Subscriber;
+use crate::persist::{VirtioDeviceState, VirtioKindState};
 use crate::vm::Vm;
 use brique_devices::bus::Bus;
 use brique_devices::virtio::block::{Block, CacheMode, Disk};
-use brique_devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use brique_devices::virtio::mmio::{
+    MmioTransport, MmioTransportState, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
+};
 use brique_devices::virtio::net::tap::{Tap, TapError};
 use brique_devices::virtio::net::Net;
 use brique_devices::virtio::{Interrupt, VirtioDevice};
@@ -52,6 +55,9 @@ pub enum VirtioSetupError {
     /// The command line is full.
     #[error("kernel command line: {0}")]
     Cmdline(linux_loader::cmdline::Error),
+    /// A saved device state does not fit the configured device.
+    #[error("{id}: {detail}")]
+    SavedState { id: String, detail: String },
 }
 
 /// Hands out MMIO windows and interrupt lines to virtio devices.
@@ -61,26 +67,118 @@ struct VirtioSlots {
 }
 
 impl VirtioSlots {
-    fn take(&mut self) -> Result<(u64, u32), VirtioSetupError> {
+    /// The next slot's MMIO base and interrupt line.
+    fn peek(&self) -> Result<(u64, u32), VirtioSetupError> {
         let count = arch::VIRTIO_IRQS.count();
         let irq = arch::VIRTIO_IRQS
             .clone()
             .nth(self.next)
             .ok_or(VirtioSetupError::TooManyDevices(count))?;
         let base = arch::MMIO_DEVICES_START + self.next as u64 * MMIO_WINDOW_SIZE;
-        self.next += 1;
         Ok((base, irq))
+    }
+
+    fn take(&mut self) -> Result<(u64, u32), VirtioSetupError> {
+        let slot = self.peek()?;
+        self.next += 1;
+        Ok(slot)
     }
 }
 
-/// The attached virtio devices, by drive and interface id, for runtime
-/// changes and counters.
+/// A typed handle on an attached virtio device model.
+#[derive(Debug, Clone)]
+pub enum VirtioModel {
+    /// virtio-blk.
+    Block(Arc<Mutex<Block>>),
+    /// virtio-net.
+    Net(Arc<Mutex<Net>>),
+}
+
+/// One attached virtio device: its id, where it sits, its transport and
+/// its model, kept for runtime changes, counters and snapshots.
+#[derive(Debug)]
+pub struct AttachedVirtio {
+    /// drive_id or iface_id.
+    pub id: String,
+    /// MMIO window base.
+    pub mmio_base: u64,
+    /// Interrupt line.
+    pub irq: u32,
+    /// The virtio-mmio transport (also on the MMIO bus).
+    pub transport: Arc<Mutex<MmioTransport>>,
+    /// The device model.
+    pub model: VirtioModel,
+}
+
+/// The attached virtio devices, in attach order.
 #[derive(Debug, Default)]
 pub struct AttachedDevices {
-    /// Block devices by drive_id.
-    pub drives: Vec<(String, Arc<Mutex<Block>>)>,
-    /// Network devices by iface_id.
-    pub nets: Vec<(String, Arc<Mutex<Net>>)>,
+    /// Every device.
+    pub virtio: Vec<AttachedVirtio>,
+}
+
+fn lock<T: ?Sized>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl AttachedDevices {
+    /// Block devices with their drive ids.
+    pub fn drives(&self) -> impl Iterator<Item = (&str, &Arc<Mutex<Block>>)> {
+        self.virtio.iter().filter_map(|d| match &d.model {
+            VirtioModel::Block(block) => Some((d.id.as_str(), block)),
+            VirtioModel::Net(_) => None,
+        })
+    }
+
+    /// Network devices with their interface ids.
+    pub fn nets(&self) -> impl Iterator<Item = (&str, &Arc<Mutex<Net>>)> {
+        self.virtio.iter().filter_map(|d| match &d.model {
+            VirtioModel::Net(net) => Some((d.id.as_str(), net)),
+            VirtioModel::Block(_) => None,
+        })
+    }
+
+    /// Every device's state. Each device's and transport's lock is held
+    /// until `then` returns, so that the device event loop changes neither
+    /// them nor guest memory meanwhile (a snapshot writes guest memory in
+    /// `then`).
+    pub fn save_then<T>(&self, then: impl FnOnce(Vec<VirtioDeviceState>) -> T) -> T {
+        let mut transports = Vec::with_capacity(self.virtio.len());
+        let mut blocks = Vec::new();
+        let mut nets = Vec::new();
+        let mut states = Vec::with_capacity(self.virtio.len());
+        for device in &self.virtio {
+            // Transport first, then model: the order a vCPU's MMIO access
+            // takes them in.
+            let transport = lock(&device.transport);
+            let transport_state = transport.save();
+            let model_state = match &device.model {
+                VirtioModel::Block(block) => {
+                    let guard = lock(block);
+                    let state = VirtioKindState::Block(guard.save());
+                    blocks.push(guard);
+                    state
+                }
+                VirtioModel::Net(net) => {
+                    let guard = lock(net);
+                    let state = VirtioKindState::Net(guard.save());
+                    nets.push(guard);
+                    state
+                }
+            };
+            transports.push(transport);
+            states.push(VirtioDeviceState {
+                id: device.id.clone(),
+                mmio_base: device.mmio_base,
+                irq: device.irq,
+                transport: transport_state,
+                device: model_state,
+            });
+        }
+        let result = then(states);
+        drop((blocks, nets, transports));
+        result
+    }
 }
 
 /// Opens `drive`'s backing file with its read-only and cache modes.
@@ -144,13 +242,10 @@ impl<'a> VirtioAttacher<'a> {
     /// Opens every drive (root device first, so it is /dev/vda), attaches
     /// it, and puts `root=` on the command line.
     pub fn attach_drives(&mut self, drives: &[DriveConfig]) -> Result<(), VirtioSetupError> {
-        let mut ordered: Vec<&DriveConfig> = drives.iter().filter(|d| d.is_root_device).collect();
-        ordered.extend(drives.iter().filter(|d| !d.is_root_device));
-        for drive in ordered {
+        for drive in boot_order(drives) {
             let block = Block::new(open_disk(drive)?)
                 .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
-            let block = self.attach(block)?;
-            self.devices.drives.push((drive.drive_id.clone(), block));
+            self.attach(&drive.drive_id, block, None, VirtioModel::Block)?;
             if drive.is_root_device {
                 let root = match &drive.partuuid {
                     Some(partuuid) => format!("root=PARTUUID={partuuid}"),
@@ -182,21 +277,77 @@ impl<'a> VirtioAttacher<'a> {
                     id: iface.iface_id.clone(),
                     detail: err.to_string(),
                 })?;
-            let tap = Tap::open(&iface.host_dev_name).map_err(|source| VirtioSetupError::Tap {
-                id: iface.iface_id.clone(),
-                source,
-            })?;
-            let net = Net::new(Box::new(tap), mac)
+            let net = Net::new(Box::new(open_tap(iface)?), mac)
                 .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
-            let net = self.attach(net)?;
-            self.devices.nets.push((iface.iface_id.clone(), net));
+            self.attach(&iface.iface_id, net, None, VirtioModel::Net)?;
         }
         Ok(())
     }
 
-    /// Attaches one virtio device, which is also an event loop subscriber,
-    /// and returns the shared handle on it.
-    fn attach<D>(&mut self, device: D) -> Result<Arc<Mutex<D>>, VirtioSetupError>
+    /// Rebuilds the virtio devices of a snapshot, in their saved order and
+    /// slots: each drive's file and interface's tap is opened by the path
+    /// and name in `drives` and `interfaces` (the saved configuration, with
+    /// any tap overrides), and each device is given its saved state.
+    pub fn attach_saved(
+        &mut self,
+        saved: &[VirtioDeviceState],
+        drives: &[DriveConfig],
+        interfaces: &[NetworkInterfaceConfig],
+    ) -> Result<(), VirtioSetupError> {
+        for state in saved {
+            let unfit = |detail: String| VirtioSetupError::SavedState {
+                id: state.id.clone(),
+                detail,
+            };
+            let slot = self.slots.peek()?;
+            if (state.mmio_base, state.irq) != slot {
+                return Err(unfit(format!(
+                    "saved at {:#x} (IRQ {}), where slot {:#x} (IRQ {}) comes next",
+                    state.mmio_base, state.irq, slot.0, slot.1
+                )));
+            }
+            match &state.device {
+                VirtioKindState::Block(block_state) => {
+                    let drive = drives
+                        .iter()
+                        .find(|d| d.drive_id == state.id)
+                        .ok_or_else(|| unfit("no such drive in the saved configuration".into()))?;
+                    let block = Block::restore(open_disk(drive)?, block_state)
+                        .map_err(|err| unfit(err.to_string()))?;
+                    self.attach(&state.id, block, Some(&state.transport), VirtioModel::Block)?;
+                }
+                VirtioKindState::Net(net_state) => {
+                    let iface = interfaces
+                        .iter()
+                        .find(|n| n.iface_id == state.id)
+                        .ok_or_else(|| {
+                            unfit("no such interface in the saved configuration".into())
+                        })?;
+                    let mac = iface
+                        .guest_mac
+                        .as_deref()
+                        .map(parse_mac)
+                        .transpose()
+                        .map_err(|err| unfit(err.to_string()))?;
+                    let net = Net::restore(Box::new(open_tap(iface)?), mac, net_state)
+                        .map_err(|err| unfit(err.to_string()))?;
+                    self.attach(&state.id, net, Some(&state.transport), VirtioModel::Net)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches one virtio device, which is also an event loop subscriber:
+    /// a new transport, or one in `saved` state (which activates a device
+    /// that was active). `typed` makes the typed handle kept on it.
+    fn attach<D>(
+        &mut self,
+        id: &str,
+        device: D,
+        saved: Option<&MmioTransportState>,
+        typed: fn(Arc<Mutex<D>>) -> VirtioModel,
+    ) -> Result<(), VirtioSetupError>
     where
         D: VirtioDevice + MutEventSubscriber + Send + 'static,
     {
@@ -210,8 +361,16 @@ impl<'a> VirtioAttacher<'a> {
             .register_irqfd(&irq_evt, irq)
             .map_err(kvm("virtio irqfd"))?;
         let interrupt = Interrupt::new(EventFdTrigger::new(irq_evt));
-        let transport = MmioTransport::new(device.clone(), self.vm.memory().clone(), interrupt)
-            .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
+        let memory = self.vm.memory().clone();
+        let transport = match saved {
+            Some(state) => MmioTransport::restore(device.clone(), memory, interrupt, state)
+                .map_err(|err| VirtioSetupError::SavedState {
+                    id: id.to_owned(),
+                    detail: err.to_string(),
+                })?,
+            None => MmioTransport::new(device.clone(), memory, interrupt)
+                .map_err(|err| VirtioSetupError::Device(err.to_string()))?,
+        };
         for (index, evt) in transport.queue_evts().iter().enumerate() {
             self.vm
                 .fd()
@@ -222,13 +381,36 @@ impl<'a> VirtioAttacher<'a> {
                 )
                 .map_err(kvm("virtio ioeventfd"))?;
         }
+        let transport = Arc::new(Mutex::new(transport));
         self.mmio
-            .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)
+            .insert(transport.clone(), base, MMIO_WINDOW_SIZE)
             .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
         self.cmdline
             .add_virtio_mmio_device(MMIO_WINDOW_SIZE, GuestAddress(base), irq, None)
             .map_err(VirtioSetupError::Cmdline)?;
         self.subscribers.push(device.clone());
-        Ok(device)
+        self.devices.virtio.push(AttachedVirtio {
+            id: id.to_owned(),
+            mmio_base: base,
+            irq,
+            transport,
+            model: typed(device),
+        });
+        Ok(())
     }
+}
+
+/// Drives in attach order: the root device first, so it is /dev/vda.
+fn boot_order(drives: &[DriveConfig]) -> impl Iterator<Item = &DriveConfig> {
+    let root = drives.iter().filter(|d| d.is_root_device);
+    root.chain(drives.iter().filter(|d| !d.is_root_device))
+}
+
+/// Opens `iface`'s tap (before the guest runs, so that a missing or busy
+/// tap is a clear error).
+fn open_tap(iface: &NetworkInterfaceConfig) -> Result<Tap, VirtioSetupError> {
+    Tap::open(&iface.host_dev_name).map_err(|source| VirtioSetupError::Tap {
+        id: iface.iface_id.clone(),
+        source,
+    })
 }

@@ -4,7 +4,8 @@
 //! and the unit tests run.
 
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use crate::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 /// Guest memory size of a harness.
 pub const MEM_SIZE: usize = 0x1_0000;

@@ -7,8 +7,11 @@
 //! the kernel); a write that does reach the transport is forwarded to the
 //! same eventfd, so the device sees one notification path.
 
-use super::{ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::state::{InterruptState, SavedQueue};
+use super::{ActivateError, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::bus::BusDevice;
+use crate::state::StateError;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
@@ -16,7 +19,7 @@ use virtio_bindings::virtio_config::{
 };
 use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use crate::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Size of one device's MMIO window.
@@ -40,13 +43,44 @@ pub enum MmioError {
     Queue { index: usize, detail: String },
 }
 
+/// The transport's registers and the device's queues, as saved in a
+/// snapshot. The queues are the driver's setup before activation and the
+/// device's (with its progress) after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MmioTransportState {
+    /// The virtio device id.
+    pub device_type: u32,
+    /// The device status register, as the driver set it.
+    pub status: u32,
+    /// Whether the device was activated (DRIVER_OK reached and accepted).
+    pub activated: bool,
+    /// QueueSel.
+    pub queue_select: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_select: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_select: u32,
+    /// The features the driver accepted.
+    pub driver_features: u64,
+    /// Config space writes seen (ConfigGeneration, less the device's part).
+    pub config_generation: u32,
+    /// Interrupt status.
+    pub interrupt: InterruptState,
+    /// Every queue of the device.
+    pub queues: Vec<SavedQueue>,
+}
+
 /// The virtio-mmio registers of one device.
 pub struct MmioTransport {
     device: SharedDevice,
     device_type: u32,
     offered_features: u64,
     mem: GuestMemoryMmap,
+    /// The driver's queue setup; handed to the device at activation (and
+    /// set back to defaults here), given back by a reset.
     queues: Vec<Queue>,
+    activated: bool,
     queue_evts: Vec<EventFd>,
     interrupt: Arc<Interrupt>,
     status: u32,
@@ -101,6 +135,7 @@ impl MmioTransport {
             offered_features,
             mem,
             queues,
+            activated: false,
             queue_evts,
             interrupt,
             status: 0,
@@ -277,24 +312,19 @@ impl MmioTransport {
             .all(|q| q.ready() && q.is_valid(&self.mem));
         let result = if all_valid {
             self.queues
-                .iter()
-                .zip(&self.queue_evts)
-                .map(|(queue, evt)| {
-                    // The device gets its own copy of the driver's setup.
-                    let mut queue = Queue::try_from(queue.state())
-                        .map_err(|err| super::ActivateError::InvalidQueue(format!("{err:?}")))?;
-                    queue.set_event_idx(event_idx);
-                    Ok(ActiveQueue {
-                        queue,
-                        notify: evt.try_clone().map_err(super::ActivateError::EventFd)?,
-                    })
+                .iter_mut()
+                .map(|queue| {
+                    // The device becomes the queue's one home.
+                    let mut active = Queue::try_from(queue.state())
+                        .map_err(|err| ActivateError::InvalidQueue(format!("{err:?}")))?;
+                    queue.reset();
+                    active.set_event_idx(event_idx);
+                    Ok(active)
                 })
-                .collect::<Result<Vec<_>, _>>()
-                .and_then(|queues| {
-                    lock(&self.device).activate(self.mem.clone(), queues, self.interrupt.clone())
-                })
+                .collect::<Result<Vec<_>, ActivateError>>()
+                .and_then(|queues| self.activate_with(queues))
         } else {
-            Err(super::ActivateError::QueueCount {
+            Err(ActivateError::QueueCount {
                 expected: self.queues.len(),
                 got: self.queues.iter().filter(|q| q.ready()).count(),
             })
@@ -308,12 +338,134 @@ impl MmioTransport {
         }
     }
 
+    /// Hands `queues` to the device with their notification eventfds.
+    fn activate_with(&mut self, queues: Vec<Queue>) -> Result<(), ActivateError> {
+        let queues = queues
+            .into_iter()
+            .zip(&self.queue_evts)
+            .map(|(queue, evt)| {
+                Ok(ActiveQueue {
+                    queue,
+                    notify: evt.try_clone().map_err(ActivateError::EventFd)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ActivateError>>()?;
+        lock(&self.device).activate(self.mem.clone(), queues, self.interrupt.clone())?;
+        self.activated = true;
+        Ok(())
+    }
+
+    /// The transport's state, with the device's queues once it is active.
+    /// The device must not run meanwhile (its lock is taken).
+    pub fn save(&self) -> MmioTransportState {
+        let device_queues = if self.activated {
+            lock(&self.device).active_queues()
+        } else {
+            None
+        };
+        MmioTransportState {
+            device_type: self.device_type,
+            status: self.status,
+            activated: self.activated,
+            queue_select: self.queue_select,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            driver_features: self.driver_features,
+            config_generation: self.config_generation,
+            interrupt: self.interrupt.save(),
+            queues: device_queues
+                .unwrap_or_else(|| self.queues.iter().map(SavedQueue::of).collect()),
+        }
+    }
+
+    /// A transport for `device` in a saved state: registers, features
+    /// (given to the device again), interrupt status and, for an active
+    /// device, its queues, with which it is activated again. Everything is
+    /// checked first: on error the device has not been touched.
+    pub fn restore(
+        device: SharedDevice,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        state: &MmioTransportState,
+    ) -> Result<Self, StateError> {
+        const NAME: &str = "virtio-mmio";
+        let mut transport = Self::new(device, mem, interrupt)
+            .map_err(|err| StateError::invalid(NAME, err.to_string()))?;
+        if state.device_type != transport.device_type {
+            return Err(StateError::mismatch(
+                NAME,
+                format!(
+                    "saved device type {}, configured {}",
+                    state.device_type, transport.device_type
+                ),
+            ));
+        }
+        if state.queues.len() != transport.queues.len() {
+            return Err(StateError::mismatch(
+                NAME,
+                format!(
+                    "{} saved queues, the device has {}",
+                    state.queues.len(),
+                    transport.queues.len()
+                ),
+            ));
+        }
+        if state.driver_features & !transport.offered_features != 0 {
+            return Err(StateError::mismatch(
+                NAME,
+                format!(
+                    "driver features {:#x} were never offered ({:#x})",
+                    state.driver_features, transport.offered_features
+                ),
+            ));
+        }
+        let driver_ok = state.status & VIRTIO_CONFIG_S_DRIVER_OK != 0;
+        if state.activated && !driver_ok {
+            return Err(StateError::invalid(NAME, "activated before DRIVER_OK"));
+        }
+        let queues = state
+            .queues
+            .iter()
+            .zip(&transport.queues)
+            .map(|(saved, own)| saved.to_queue(NAME, own.max_size()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if state.activated
+            && !queues
+                .iter()
+                .all(|q| q.ready() && q.is_valid(&transport.mem))
+        {
+            return Err(StateError::invalid(
+                NAME,
+                "an active queue is not ready or lies outside guest memory",
+            ));
+        }
+        transport.interrupt.restore(&state.interrupt)?;
+        transport.status = state.status;
+        transport.queue_select = state.queue_select;
+        transport.device_features_select = state.device_features_select;
+        transport.driver_features_select = state.driver_features_select;
+        transport.driver_features = state.driver_features;
+        transport.config_generation = state.config_generation;
+        if state.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
+            lock(&transport.device).set_acked_features(state.driver_features);
+        }
+        if state.activated {
+            transport
+                .activate_with(queues)
+                .map_err(|err| StateError::invalid(NAME, err.to_string()))?;
+        } else {
+            transport.queues = queues;
+        }
+        Ok(transport)
+    }
+
     fn reset(&mut self) {
         lock(&self.device).reset();
         for queue in &mut self.queues {
             queue.reset();
         }
         self.interrupt.clear();
+        self.activated = false;
         self.status = 0;
         self.queue_select = 0;
         self.device_features_select = 0;

@@ -7,6 +7,7 @@ pub mod block;
 pub mod fuzzing;
 pub mod mmio;
 pub mod net;
+pub mod state;
 
 use crate::EventFdTrigger;
 use event_manager::{EventOps, Events};
@@ -14,7 +15,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use crate::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -92,6 +93,34 @@ impl Interrupt {
     /// Whether the device waits for the driver to reset it.
     pub fn needs_reset(&self) -> bool {
         self.needs_reset.load(Ordering::Acquire)
+    }
+
+    /// The interrupt status and reset flag.
+    pub fn save(&self) -> state::InterruptState {
+        state::InterruptState {
+            status: self.status(),
+            needs_reset: self.needs_reset(),
+        }
+    }
+
+    /// Takes a saved status. A status with bits the driver has not yet
+    /// acknowledged raises the interrupt once more: the guest may not have
+    /// seen it before the snapshot, and a spurious one is harmless.
+    pub fn restore(&self, state: &state::InterruptState) -> Result<(), crate::state::StateError> {
+        if state.status & !(INT_USED_RING | INT_CONFIG) != 0 {
+            return Err(crate::state::StateError::invalid(
+                "virtio interrupt",
+                format!("status {:#x}", state.status),
+            ));
+        }
+        self.status.store(state.status, Ordering::Release);
+        self.needs_reset.store(state.needs_reset, Ordering::Release);
+        if state.status != 0 {
+            if let Err(err) = vm_superio::Trigger::trigger(&self.irq) {
+                log::error!("virtio: cannot raise interrupt: {err}");
+            }
+        }
+        Ok(())
     }
 
     /// Clears everything (device reset).
@@ -292,6 +321,9 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Stops the device and forgets the queues (driver reset).
     fn reset(&mut self);
+    /// The queues of an active device (their one home from activation on),
+    /// for a snapshot; `None` before activation.
+    fn active_queues(&self) -> Option<Vec<state::SavedQueue>>;
 }
 
 /// Copies the bytes of `config` at `offset` into `data`; bytes past the end

@@ -6,6 +6,7 @@ use crate::config::{
     NetworkInterfaceConfig, NetworkInterfaceUpdate, VmConfig,
 };
 use crate::logger::LoggerConfig;
+use crate::persist::{SnapshotCreateParams, SnapshotLoadParams};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -48,6 +49,10 @@ pub enum VmmAction {
     PutLogger(LoggerConfig),
     /// `PUT /metrics`.
     PutMetrics(MetricsConfig),
+    /// `PUT /snapshot/create` (paused).
+    CreateSnapshot(SnapshotCreateParams),
+    /// `PUT /snapshot/load` (fresh process, nothing configured).
+    LoadSnapshot(SnapshotLoadParams),
 }
 
 impl VmmAction {
@@ -72,6 +77,8 @@ impl VmmAction {
             Self::GetFullConfig => "GetFullConfig",
             Self::PutLogger(_) => "PutLogger",
             Self::PutMetrics(_) => "PutMetrics",
+            Self::CreateSnapshot(_) => "CreateSnapshot",
+            Self::LoadSnapshot(_) => "LoadSnapshot",
         }
     }
 }

@@ -14,8 +14,9 @@ pub use serve::{serve, ControllerHandle, RequestReceiver, ServeError};
 
 use crate::config::{ConfigError, HostLimits, VmConfig};
 use crate::logger::{self, LoggerConfig, LoggerError};
-use crate::machine::{ConsoleIo, ExitReason, Machine, MachineError, Payload};
+use crate::machine::{ConsoleIo, ExitReason, Machine, MachineError, Payload, RestoreOptions};
 use crate::metrics::{MetricsError, MetricsWriter};
+use crate::persist::{self, SnapshotCreateParams, SnapshotError, SnapshotLoadParams};
 
 /// The Firecracker API version whose paths, bodies and status codes brique
 /// follows (for the subset it implements; see resources/openapi.json).
@@ -57,6 +58,18 @@ pub enum ControllerError {
     /// The logger could not be configured.
     #[error(transparent)]
     Logger(#[from] LoggerError),
+    /// A snapshot needs a paused microVM.
+    #[error("{0} is only possible while the microVM is Paused (PATCH /vm {{\"state\": \"Paused\"}} first)")]
+    NotPaused(&'static str),
+    /// A snapshot load needs a fresh process.
+    #[error("loading a snapshot is only possible in a fresh brique, before anything is configured or started ({0})")]
+    LoadAfterConfiguration(&'static str),
+    /// The snapshot could not be loaded or created.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The snapshot load request is invalid.
+    #[error("snapshot load: {0}")]
+    LoadRequest(String),
 }
 
 /// Makes the guest console for each boot attempt (a failed start must
@@ -72,6 +85,9 @@ pub struct Controller {
     instance_id: String,
     logger: Option<LoggerConfig>,
     metrics: Option<MetricsWriter>,
+    /// Whether a boot resource (machine config, kernel, drive, interface)
+    /// was configured: a snapshot load is refused from then on.
+    boot_configured: bool,
     /// For tests of the VMM itself: the guest is raw code, not Linux.
     #[cfg(target_arch = "x86_64")]
     bare_code: Option<Vec<u8>>,
@@ -98,6 +114,7 @@ impl Controller {
             instance_id,
             logger: None,
             metrics: None,
+            boot_configured: false,
             #[cfg(target_arch = "x86_64")]
             bare_code: None,
         }
@@ -250,6 +267,8 @@ impl Controller {
                 self.logger = Some(config);
                 Ok(VmmData::Empty)
             }
+            VmmAction::CreateSnapshot(params) => self.create_snapshot(name, &params),
+            VmmAction::LoadSnapshot(params) => self.load_snapshot(&params),
             VmmAction::PutMetrics(config) => {
                 if let Some(writer) = &self.metrics {
                     return Err(ControllerError::MetricsAlreadyConfigured(
@@ -300,6 +319,66 @@ impl Controller {
         let mut candidate = self.config.clone();
         change(&mut candidate, &self.limits)?;
         self.config = candidate;
+        self.boot_configured = true;
+        Ok(VmmData::Empty)
+    }
+
+    fn create_snapshot(
+        &mut self,
+        action: &'static str,
+        params: &SnapshotCreateParams,
+    ) -> Result<VmmData, ControllerError> {
+        let config = self.config.clone();
+        let machine = self.started(action)?;
+        if !machine.is_paused() {
+            return Err(ControllerError::NotPaused(action));
+        }
+        if params.version.is_some() {
+            log::warn!("snapshot/create: `version` is deprecated and ignored");
+        }
+        machine.create_snapshot(&config, params)?;
+        Ok(VmmData::Empty)
+    }
+
+    /// Builds the microVM a snapshot saved. Everything is checked before
+    /// anything starts; a failed load leaves the controller as it was.
+    fn load_snapshot(&mut self, params: &SnapshotLoadParams) -> Result<VmmData, ControllerError> {
+        if self.machine.is_some() {
+            return Err(ControllerError::LoadAfterConfiguration(
+                "the microVM is already started",
+            ));
+        }
+        if self.boot_configured {
+            return Err(ControllerError::LoadAfterConfiguration(
+                "boot resources were configured",
+            ));
+        }
+        let memory_path = params
+            .memory_file()
+            .map_err(ControllerError::LoadRequest)?;
+        let state = persist::read_state(&params.snapshot_path)?;
+        state.check(&self.limits)?;
+        let memory_file = persist::memory::open_for_restore(memory_path, state.memory_bytes())?;
+        let mut config = state.config.clone();
+        params
+            .apply_network_overrides(&mut config)
+            .map_err(ControllerError::LoadRequest)?;
+        let options = RestoreOptions {
+            // Dirty pages are tracked if asked now or when it was configured.
+            track_dirty_pages: params.tracks_dirty_pages()
+                || config.machine_config.track_dirty_pages,
+            clock_realtime: params.clock_realtime,
+            resume: params.resume_vm,
+        };
+        config.machine_config.track_dirty_pages = options.track_dirty_pages;
+        let machine = Machine::restore(&state, &config, &memory_file, options, (self.console)())?;
+        self.machine = Some(machine);
+        self.config = config;
+        log::info!(
+            "snapshot {} loaded ({})",
+            params.snapshot_path.display(),
+            if options.resume { "running" } else { "paused" }
+        );
         Ok(VmmData::Empty)
     }
 

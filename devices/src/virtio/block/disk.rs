@@ -7,7 +7,8 @@ use super::request::{Request, RequestType, ID_BYTES, SECTOR_SIZE, SEGMENT_SIZE};
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
-use vm_memory::{Address, Bytes, GuestMemoryMmap};
+use crate::GuestMemoryMmap;
+use vm_memory::{Address, Bytes};
 use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 
 /// Write-zeroes segment flag: the range may be deallocated.

@@ -20,7 +20,8 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use crate::GuestMemoryMmap;
+use vm_memory::{Bytes};
 
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -53,6 +54,17 @@ struct Active {
     mem: GuestMemoryMmap,
     queue: Queue,
     interrupt: Arc<Interrupt>,
+}
+
+/// What a block device keeps across a snapshot besides its transport and
+/// queues (the backing file is reopened by path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockState {
+    /// Capacity the guest was told, in sectors: the reopened file must match.
+    pub capacity_sectors: u64,
+    /// Configuration changes made by the device (backing file swaps).
+    pub config_generation: u32,
 }
 
 /// Why a drive's backing file cannot be swapped.
@@ -124,6 +136,33 @@ impl Block {
             active.interrupt.signal_config_change();
         }
         Ok(())
+    }
+
+    /// The device's own state (its queues are saved by the transport).
+    pub fn save(&self) -> BlockState {
+        BlockState {
+            capacity_sectors: self.disk.capacity_sectors(),
+            config_generation: self.config_generation,
+        }
+    }
+
+    /// A device over `disk` in a saved state; the disk must have the size
+    /// the guest knows.
+    pub fn restore(disk: Disk, state: &BlockState) -> Result<Self, crate::state::StateError> {
+        if disk.capacity_sectors() != state.capacity_sectors {
+            return Err(crate::state::StateError::mismatch(
+                "virtio-blk",
+                format!(
+                    "the guest knows {} sectors, the file has {}",
+                    state.capacity_sectors,
+                    disk.capacity_sectors()
+                ),
+            ));
+        }
+        let mut block =
+            Self::new(disk).map_err(|err| crate::state::StateError::invalid("virtio-blk", err.to_string()))?;
+        block.config_generation = state.config_generation;
+        Ok(block)
     }
 
     /// Capacity the guest sees, in 512-byte sectors.
@@ -241,6 +280,11 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;
+    }
+
+    fn active_queues(&self) -> Option<Vec<super::state::SavedQueue>> {
+        let active = self.active.as_ref()?;
+        Some(vec![super::state::SavedQueue::of(&active.queue)])
     }
 }
 

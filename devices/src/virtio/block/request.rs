@@ -12,7 +12,8 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use crate::GuestMemoryMmap;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Bytes per sector.
 pub const SECTOR_SIZE: u64 = 512;

@@ -22,7 +22,8 @@ use tap::{Tap, VNET_HDR_LEN};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::*;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use crate::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 
 /// Descriptors per queue.
@@ -87,6 +88,16 @@ pub struct NetCounters {
     pub tx_dropped: u64,
 }
 
+/// What a network device keeps across a snapshot besides its transport and
+/// queues (the tap is opened again by name).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetState {
+    /// A frame read from the tap and held while the guest had no RX buffer
+    /// (header included); delivered first after the restore.
+    pub rx_held_frame: Vec<u8>,
+}
+
 struct Active {
     mem: GuestMemoryMmap,
     rx: Queue,
@@ -140,6 +151,33 @@ impl Net {
             tx_frame: Vec::with_capacity(MAX_FRAME_LEN),
             counters: NetCounters::default(),
         })
+    }
+
+    /// The device's own state (its queues are saved by the transport).
+    pub fn save(&self) -> NetState {
+        NetState {
+            rx_held_frame: self.rx_frame[..self.rx_pending].to_vec(),
+        }
+    }
+
+    /// A device over `tap` with `mac`, in a saved state.
+    pub fn restore(
+        tap: Box<dyn FrameBackend>,
+        mac: Option<[u8; 6]>,
+        state: &NetState,
+    ) -> Result<Self, crate::state::StateError> {
+        let held = state.rx_held_frame.len();
+        if held > MAX_FRAME_LEN || (held != 0 && held <= VNET_HDR_LEN) {
+            return Err(crate::state::StateError::invalid(
+                "virtio-net",
+                format!("a held frame of {held} bytes"),
+            ));
+        }
+        let mut net = Self::new(tap, mac)
+            .map_err(|err| crate::state::StateError::invalid("virtio-net", err.to_string()))?;
+        net.rx_frame[..held].copy_from_slice(&state.rx_held_frame);
+        net.rx_pending = held;
+        Ok(net)
     }
 
     /// Traffic counters.
@@ -429,6 +467,14 @@ impl VirtioDevice for Net {
         self.active = None;
         self.acked_features = 0;
         self.rx_pending = 0;
+    }
+
+    fn active_queues(&self) -> Option<Vec<super::state::SavedQueue>> {
+        let active = self.active.as_ref()?;
+        Some(vec![
+            super::state::SavedQueue::of(&active.rx),
+            super::state::SavedQueue::of(&active.tx),
+        ])
     }
 }
 

@@ -2,9 +2,12 @@
 //! Image loading) is the aarch64 issue; until it lands, building a VM on
 //! aarch64 fails with [`ArchError::BootNotSupported`] before touching KVM.
 
+pub mod devices;
+
+pub use devices::{attach as attach_legacy_devices, LegacyDevices, LegacyState};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::fs::File;
-use vm_memory::GuestMemoryMmap;
+use brique_devices::GuestMemoryMmap;
 
 /// Guest RAM starts at 2 GiB; devices live below it.
 pub const DRAM_START: u64 = 0x8000_0000;
@@ -61,7 +64,7 @@ pub struct VcpuTemplate;
 
 impl VcpuTemplate {
     /// Reads what vCPU setup needs from KVM.
-    pub fn new(_kvm: &Kvm, _vcpu_count: u8, _smt: bool) -> Result<Self, ArchError> {
+    pub fn new(_kvm: &Kvm, _vm: &VmFd, _vcpu_count: u8, _smt: bool) -> Result<Self, ArchError> {
         Err(ArchError::BootNotSupported)
     }
 }
@@ -78,6 +81,44 @@ pub fn configure_vcpu(
     _template: &VcpuTemplate,
     _boot: BootEntry,
 ) -> Result<(), ArchError> {
+    Err(ArchError::BootNotSupported)
+}
+
+/// The architecture snapshots are taken on (a snapshot loads only here).
+pub const ARCH_NAME: &str = "aarch64";
+
+/// A vCPU's saved state (registers, MP state: with aarch64 boot).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VcpuState {}
+
+/// The VM's saved state (GIC, timer: with aarch64 boot).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VmState {}
+
+/// Reads a vCPU's state.
+pub fn save_vcpu(_vcpu: &VcpuFd, _template: &VcpuTemplate) -> Result<VcpuState, ArchError> {
+    Err(ArchError::BootNotSupported)
+}
+
+/// Puts a saved state into a vCPU.
+pub fn restore_vcpu(
+    _vcpu: &VcpuFd,
+    _state: &VcpuState,
+    _template: &VcpuTemplate,
+) -> Result<(), ArchError> {
+    Err(ArchError::BootNotSupported)
+}
+
+/// Called when a vCPU parks in a pause.
+pub fn vcpu_paused(_vcpu: &VcpuFd) {}
+
+/// Reads the VM's state.
+pub fn save_vm(_vm: &VmFd) -> Result<VmState, ArchError> {
+    Err(ArchError::BootNotSupported)
+}
+
+/// Puts a saved state into the VM.
+pub fn restore_vm(_vm: &VmFd, _state: &VmState, _clock_realtime: bool) -> Result<(), ArchError> {
     Err(ArchError::BootNotSupported)
 }
 

@@ -9,7 +9,8 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use brique_devices::GuestMemoryMmap;
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;

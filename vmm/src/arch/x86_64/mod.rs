@@ -1,6 +1,7 @@
 //! x86_64: memory layout, boot protocol, vCPU state and legacy devices.
 
 pub mod cpuid;
+pub mod devices;
 pub mod fault_report;
 pub mod gdt;
 pub mod interrupts;
@@ -9,14 +10,22 @@ pub mod linux_boot;
 pub mod mptable;
 pub mod msr;
 pub mod regs;
+pub mod vcpu_state;
+pub mod vm_state;
 
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::fs::File;
-use vm_memory::GuestMemoryMmap;
+use brique_devices::GuestMemoryMmap;
 
+pub use devices::{attach as attach_legacy_devices, LegacyDevices, LegacyState};
 pub use fault_report::vcpu_state_report;
 pub use layout::{ram_ranges, MAX_GUEST_MEM_MIB, MMIO_DEVICES_START};
+pub use vcpu_state::{restore_vcpu, save_vcpu, vcpu_paused, VcpuState};
+pub use vm_state::{restore_vm, save_vm, VmState};
+
+/// The architecture snapshots are taken on (a snapshot loads only here).
+pub const ARCH_NAME: &str = "x86_64";
 
 /// IOAPIC lines for virtio devices: above the legacy ISA ones in use
 /// (timer 0, keyboard 1, cascade 2, COM1 4), up to the last IOAPIC pin.
@@ -53,8 +62,11 @@ pub enum ArchError {
     #[error("bare code of {0} bytes does not fit below the zero page")]
     BareCodeTooLarge(usize),
     /// Building a KVM FAM structure failed.
-    #[error("cannot build KVM MSR list: {0:?}")]
+    #[error("cannot build a KVM list (MSRs, CPUID, XSAVE): {0:?}")]
     Fam(vmm_sys_util::fam::Error),
+    /// A saved vCPU or VM state does not fit this host or is invalid.
+    #[error("saved state: {0}")]
+    SavedState(String),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> ArchError {
@@ -130,18 +142,20 @@ pub fn load_bare_code(mem: &GuestMemoryMmap, code: &[u8]) -> Result<BootEntry, A
     })
 }
 
-/// Host facts every vCPU's setup uses, read once per VM.
+/// Host facts every vCPU's setup, save and restore use, read once per VM.
 #[derive(Debug)]
 pub struct VcpuTemplate {
     supported_cpuid: CpuId,
     msr_indices: Vec<u32>,
+    /// Bytes of KVM_GET_XSAVE2's area on this VM; 0 without XSAVE2.
+    xsave2_size: usize,
     vcpu_count: u8,
     threads_per_core: u8,
 }
 
 impl VcpuTemplate {
-    /// Reads KVM's supported CPUID and MSR list.
-    pub fn new(kvm: &Kvm, vcpu_count: u8, smt: bool) -> Result<Self, ArchError> {
+    /// Reads KVM's supported CPUID, its MSR list and XSAVE size.
+    pub fn new(kvm: &Kvm, vm: &VmFd, vcpu_count: u8, smt: bool) -> Result<Self, ArchError> {
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -150,12 +164,26 @@ impl VcpuTemplate {
             .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?
             .as_slice()
             .to_vec();
+        let xsave2_size = usize::try_from(vm.check_extension_int(kvm_ioctls::Cap::Xsave2))
+            .unwrap_or_default();
         Ok(Self {
             supported_cpuid,
             msr_indices,
+            xsave2_size,
             vcpu_count,
             threads_per_core: if smt && vcpu_count > 1 { 2 } else { 1 },
         })
+    }
+
+    #[cfg(test)]
+    fn for_tests(xsave2_size: usize) -> Self {
+        Self {
+            supported_cpuid: CpuId::new(0).expect("empty CPUID"),
+            msr_indices: Vec::new(),
+            xsave2_size,
+            vcpu_count: 1,
+            threads_per_core: 1,
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! Linux scans for the `_MP_` floating pointer.
 
 use super::layout::{APIC_START, EBDA_SIZE, EBDA_START, IOAPIC_START};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use brique_devices::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 /// IOAPIC input pins; ISA IRQs 0-15 and the virtio-mmio lines above them.
 pub const IOAPIC_PINS: u8 = 24;

@@ -7,7 +7,8 @@ use super::layout::{
     ZERO_PAGE_START,
 };
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use brique_devices::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 const X86_CR0_PE: u64 = 1 << 0;
 const X86_CR0_ET: u64 = 1 << 4;

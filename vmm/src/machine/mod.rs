@@ -1,18 +1,25 @@
 //! A running microVM: guest memory and KVM VM, its vCPU threads, its
 //! devices and the device event loop; and how it ends.
 
+mod build;
+mod snapshot;
+
+pub use build::RestoreOptions;
+pub(crate) use build::{clone_evt, eventfd};
+
 use crate::arch;
+use crate::config::ConfigError;
 use crate::config::DriveConfig;
-use crate::config::{ConfigError, HostLimits, VmConfig};
-use crate::console::ConsoleInput;
-use crate::event_loop::{EventLoop, EventLoopError, GuestSignal, GuestSignalWatcher};
-use crate::legacy::{self, LegacyDevices};
+use crate::event_loop::{EventLoop, EventLoopError, GuestSignal};
 use crate::metrics::{DeviceMetrics, METRICS};
-use crate::vcpu::{self, IoBuses, Vcpu, VcpuControl, VcpuStop};
-use crate::virtio_devices::{open_disk, AttachedDevices, VirtioAttacher, VirtioSetupError};
+use crate::persist::SnapshotError;
+use crate::threads::{self, ThreadKind};
+use crate::vcpu::{self, IoBuses, Vcpu, VcpuControl, VcpuRequest, VcpuStop};
+use crate::virtio_devices::{open_disk, AttachedDevices, VirtioSetupError};
 use crate::vm::{Vm, VmError};
-use brique_devices::serial::{ConsoleOutput, GuestPanicReport, PanicWatcher, SerialConsole};
-use brique_devices::EventFdTrigger;
+use brique_devices::serial::{GuestPanicReport, SerialConsole};
+use brique_devices::GuestMemoryMmap;
+use build::Parts;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
@@ -20,7 +27,7 @@ use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 /// Errors building or starting a machine.
@@ -68,6 +75,12 @@ pub enum MachineError {
     /// No drive has this id.
     #[error("no drive with id {0:?}")]
     NoSuchDrive(String),
+    /// A snapshot could not be taken or loaded.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A vCPU did not do what it was asked while paused.
+    #[error("{0}")]
+    VcpuRequest(String),
     /// The new backing file cannot replace the old one.
     #[error("drive {id}: {detail}")]
     ReplaceDrive { id: String, detail: String },
@@ -75,6 +88,8 @@ pub enum MachineError {
 
 /// How long a pause may take before it is given up.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a paused vCPU may take to save or restore its state.
+const VCPU_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a machine ended. Clean ends exit brique with status 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,7 +225,8 @@ pub struct Machine {
     paused: bool,
     events: Receiver<MachineEvent>,
     events_ready: Arc<EventFd>,
-    legacy: LegacyDevices,
+    serial: Arc<Mutex<SerialConsole>>,
+    legacy: arch::LegacyDevices,
     devices: AttachedDevices,
     event_loop: EventLoop,
     panic_report: GuestPanicReport,
@@ -227,169 +243,70 @@ fn open(path: &std::path::Path) -> Result<File, MachineError> {
     })
 }
 
-pub(crate) fn eventfd() -> Result<EventFd, MachineError> {
-    EventFd::new(EFD_NONBLOCK).map_err(|err| MachineError::Device(format!("eventfd: {err}")))
-}
-
-pub(crate) fn clone_evt(evt: &EventFd) -> Result<EventFd, MachineError> {
-    evt.try_clone()
-        .map_err(|err| MachineError::Device(format!("eventfd: {err}")))
-}
 
 impl Machine {
-    /// Validates `config`, builds the VM, loads `payload` and starts the
-    /// vCPUs and the device event loop.
-    pub fn boot(
-        config: &VmConfig,
-        payload: Payload<'_>,
-        console: ConsoleIo,
-    ) -> Result<Self, MachineError> {
-        let machine_config = &config.machine_config;
-        // A Linux payload needs the whole configuration (which includes the
-        // machine config); bare test code only the machine config.
-        let limits = HostLimits::of_this_host();
-        if matches!(payload, Payload::Linux) {
-            config.validate(&limits)?;
-        } else {
-            machine_config.validate(&limits)?;
-        }
+    /// Starts a built machine: the signal forwarder, the device event loop
+    /// and one thread per vCPU, running or (`paused`) parked before their
+    /// first KVM_RUN. The one place a machine's threads are started.
+    fn start(parts: Parts, paused: bool) -> Result<Self, MachineError> {
         vcpu::install_kick_handler()
             .map_err(|err| MachineError::Device(format!("vCPU kick signal: {err}")))?;
-
-        let vm = Vm::new(machine_config.mem_size_mib)?;
-        let vcpu_count = machine_config.vcpu_count;
-
-        // Devices: the serial console and the reset line.
         let (events_tx, events) = channel();
-        let events_ready = Arc::new(eventfd()?);
+        let events_ready = Arc::new(build::eventfd()?);
         let machine_events = EventSender {
             events: events_tx,
             ready: events_ready.clone(),
         };
-        let (guest_signals, guest_signal_events) = channel();
-        let panic_report = GuestPanicReport::default();
-        let panic_evt = eventfd()?;
-        let reset_evt = eventfd()?;
-        let serial_irq = eventfd()?;
-        let input_drained = eventfd()?;
-        let serial = Arc::new(Mutex::new(SerialConsole::new(
-            EventFdTrigger::new(clone_evt(&serial_irq)?),
-            ConsoleOutput::new(
-                console.output,
-                Some(PanicWatcher::new(
-                    panic_report.clone(),
-                    EventFdTrigger::new(clone_evt(&panic_evt)?),
-                )),
-            ),
-            Some(EventFdTrigger::new(clone_evt(&input_drained)?)),
-        )));
-        let mut buses = IoBuses::default();
-        let legacy = legacy::attach(&vm, &mut buses, serial.clone(), &serial_irq, &reset_evt)?;
-
-        // virtio devices, announced on the kernel command line.
-        let mut cmdline = linux_loader::cmdline::Cmdline::new(arch::CMDLINE_CAPACITY)
-            .map_err(MachineError::Cmdline)?;
-        if let Some(boot) = &config.boot_source {
-            cmdline
-                .insert_str(boot.boot_args.as_deref().unwrap_or(arch::DEFAULT_BOOT_ARGS))
-                .map_err(MachineError::Cmdline)?;
-        }
-        let mut virtio = VirtioAttacher::new(&vm, &mut buses.mmio, &mut cmdline);
-        virtio.attach_drives(&config.drives)?;
-        virtio.attach_network_interfaces(&config.network_interfaces)?;
-        let (mut subscribers, devices) = virtio.finish();
-        let buses = Arc::new(buses);
-
-        // Guest payload and vCPU state.
-        let entry = match payload {
-            Payload::Linux => Self::load_linux(&vm, config, &cmdline)?,
-            #[cfg(target_arch = "x86_64")]
-            Payload::BareCode(code) => arch::load_bare_code(vm.memory(), code)?,
-            #[cfg(not(target_arch = "x86_64"))]
-            Payload::_Unused(_) => return Err(MachineError::Unsupported("raw payloads")),
-        };
-        let template = arch::VcpuTemplate::new(vm.kvm(), vcpu_count, machine_config.smt)?;
-        let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
-        for id in 0..vcpu_count {
-            let fd = vm
-                .fd()
-                .create_vcpu(u64::from(id))
-                .map_err(|source| MachineError::CreateVcpu { id, source })?;
-            arch::configure_vcpu(&fd, id, &template, entry)?;
-            vcpus.push(Vcpu::new(id, fd, buses.clone()));
-        }
-
-        // The device event loop: console input and guest signals.
-        subscribers.push(Arc::new(Mutex::new(GuestSignalWatcher::new(
-            reset_evt,
-            panic_evt,
-            guest_signals,
-        ))));
-        if let Some(input) = console.input {
-            subscribers.push(Arc::new(Mutex::new(ConsoleInput::new(
-                input,
-                serial,
-                input_drained,
-            ))));
-        }
-        let event_loop = EventLoop::start(subscribers)?;
+        let event_loop = EventLoop::start(parts.subscribers)?;
         let forwarder = machine_events.clone();
-        std::thread::Builder::new()
-            .name("brique-signals".into())
-            .spawn(move || {
-                for signal in guest_signal_events {
-                    if !forwarder.send(MachineEvent::Guest(signal)) {
-                        break;
-                    }
+        let guest_signals = parts.guest_signals;
+        threads::spawn(ThreadKind::GuestSignals, move || {
+            for signal in guest_signals {
+                if !forwarder.send(MachineEvent::Guest(signal)) {
+                    break;
                 }
-            })
-            .map_err(MachineError::Thread)?;
+            }
+        })
+        .map_err(MachineError::Thread)?;
 
+        let vcpu_control = Arc::new(VcpuControl::default());
+        if paused {
+            vcpu_control.request_pause();
+        }
+        let vcpu_count = parts.vcpus.len();
         let mut machine = Self {
-            vm,
-            vcpu_threads: Vec::with_capacity(vcpus.len()),
-            vcpu_control: Arc::new(VcpuControl::default()),
-            paused: false,
+            vm: parts.vm,
+            vcpu_threads: Vec::with_capacity(vcpu_count),
+            vcpu_control,
+            paused,
             events,
             events_ready,
-            legacy,
-            devices,
+            serial: parts.serial,
+            legacy: parts.legacy,
+            devices: parts.devices,
             event_loop,
-            panic_report,
-            _buses: buses,
+            panic_report: parts.panic_report,
+            _buses: parts.buses,
         };
         // Each thread joins the machine as it starts: should a later one fail
         // to start, dropping the machine stops and joins the earlier ones
         // before the VM and its memory go away.
-        for vcpu in vcpus {
+        for vcpu in parts.vcpus {
             let thread = spawn_vcpu(vcpu, machine.vcpu_control.clone(), machine_events.clone())?;
             machine.vcpu_threads.push(thread);
+        }
+        if paused
+            && !machine
+                .vcpu_control
+                .wait_parked(vcpu_count, PAUSE_TIMEOUT)
+        {
+            return Err(MachineError::PauseTimeout(PAUSE_TIMEOUT));
         }
         Ok(machine)
     }
 
-    fn load_linux(
-        vm: &Vm,
-        config: &VmConfig,
-        cmdline: &linux_loader::cmdline::Cmdline,
-    ) -> Result<arch::BootEntry, MachineError> {
-        let boot = config
-            .boot_source
-            .as_ref()
-            .ok_or(ConfigError::NoBootSource)?;
-        let mut kernel = open(&boot.kernel_image_path)?;
-        let mut initrd = boot.initrd_path.as_deref().map(open).transpose()?;
-        Ok(arch::load_guest(
-            vm.memory(),
-            &mut kernel,
-            initrd.as_mut(),
-            cmdline,
-            config.machine_config.vcpu_count,
-        )?)
-    }
-
-    /// Guest memory (for tests and, later, snapshots).
-    pub fn memory(&self) -> &vm_memory::GuestMemoryMmap {
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
         self.vm.memory()
     }
 
@@ -439,6 +356,56 @@ impl Machine {
         Ok(())
     }
 
+    /// Asks every (parked) vCPU for something, one request each made by
+    /// `request`, and collects the answers in vCPU order.
+    fn ask_each_vcpu<T>(
+        &self,
+        mut request: impl FnMut(u8, Sender<Result<T, String>>) -> VcpuRequest,
+    ) -> Result<Vec<T>, MachineError> {
+        if !self.paused {
+            return Err(MachineError::VcpuRequest(
+                "the vCPUs must be paused first".into(),
+            ));
+        }
+        let answers: Vec<_> = (0..self.vcpu_threads.len())
+            .map(|index| {
+                let id = index as u8;
+                let (reply, answer) = channel();
+                self.vcpu_control.post(id, request(id, reply));
+                (id, answer)
+            })
+            .collect();
+        answers
+            .into_iter()
+            .map(|(id, answer)| match answer.recv_timeout(VCPU_REQUEST_TIMEOUT) {
+                Ok(result) => result.map_err(MachineError::VcpuRequest),
+                Err(_) => Err(MachineError::VcpuRequest(format!(
+                    "vCPU {id} did not answer within {VCPU_REQUEST_TIMEOUT:?}"
+                ))),
+            })
+            .collect()
+    }
+
+    /// Every vCPU's state (the machine must be paused).
+    pub fn save_vcpus(&self) -> Result<Vec<arch::VcpuState>, MachineError> {
+        self.ask_each_vcpu(|_, reply| VcpuRequest::SaveState(reply))
+    }
+
+    /// Puts one saved state into each vCPU (the machine must be paused).
+    fn restore_vcpus(&self, states: &[arch::VcpuState]) -> Result<(), MachineError> {
+        if states.len() != self.vcpu_threads.len() {
+            return Err(MachineError::VcpuRequest(format!(
+                "{} saved vCPU states for {} vCPUs",
+                states.len(),
+                self.vcpu_threads.len()
+            )));
+        }
+        self.ask_each_vcpu(|id, reply| {
+            VcpuRequest::RestoreState(Box::new(states[usize::from(id)].clone()), reply)
+        })
+        .map(|_| ())
+    }
+
     /// Lets paused vCPUs run again. Resuming a running machine does nothing.
     pub fn resume(&mut self) {
         self.vcpu_control.request_resume();
@@ -461,8 +428,7 @@ impl Machine {
     pub fn replace_drive_file(&self, drive: &DriveConfig) -> Result<(), MachineError> {
         let block = self
             .devices
-            .drives
-            .iter()
+            .drives()
             .find(|(id, _)| *id == drive.drive_id)
             .map(|(_, block)| block)
             .ok_or_else(|| MachineError::NoSuchDrive(drive.drive_id.clone()))?;
@@ -480,19 +446,19 @@ impl Machine {
     /// The devices' I/O counters now.
     pub fn device_metrics(&self) -> DeviceMetrics {
         let mut metrics = DeviceMetrics::default();
-        for (id, block) in &self.devices.drives {
+        for (id, block) in self.devices.drives() {
             let counters = block
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .counters();
-            metrics.block.insert(id.clone(), counters);
+            metrics.block.insert(id.to_owned(), counters);
         }
-        for (id, net) in &self.devices.nets {
+        for (id, net) in self.devices.nets() {
             let counters = net
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .counters();
-            metrics.net.insert(id.clone(), counters);
+            metrics.net.insert(id.to_owned(), counters);
         }
         metrics
     }
@@ -572,9 +538,7 @@ fn spawn_vcpu(
     control: Arc<VcpuControl>,
     events: EventSender,
 ) -> Result<JoinHandle<()>, MachineError> {
-    std::thread::Builder::new()
-        .name(format!("brique-vcpu{}", vcpu.id()))
-        .spawn(move || {
+    threads::spawn(ThreadKind::Vcpu(vcpu.id()), move || {
             let reason = vcpu.run(&control);
             if !matches!(
                 reason,

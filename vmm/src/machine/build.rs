@@ -1,0 +1,311 @@
+//! Building a machine, apart from running it. There are two ways in:
+//! [`Machine::boot`] builds for a fresh boot (loads the kernel, sets the
+//! boot vCPU's registers), [`Machine::restore`] builds from a snapshot
+//! (maps its memory file, gives every device, the VM and each vCPU its
+//! saved state). Both end in [`Machine::start`], which starts every thread
+//! of a machine and nothing else does.
+
+use super::{open, Machine, MachineError, Payload};
+use crate::arch;
+use crate::config::{ConfigError, HostLimits, VmConfig};
+use crate::console::ConsoleInput;
+use crate::event_loop::{GuestSignal, GuestSignalWatcher, Subscriber};
+use crate::guest_ram::RamBacking;
+use crate::persist::MicrovmState;
+use crate::vcpu::{IoBuses, Vcpu};
+use crate::virtio_devices::{AttachedDevices, VirtioAttacher};
+use crate::vm::Vm;
+use crate::ConsoleIo;
+use brique_devices::serial::{
+    ConsoleOutput, GuestPanicReport, PanicWatcher, SerialConsole, SerialConsoleState,
+};
+use brique_devices::EventFdTrigger;
+use linux_loader::cmdline::Cmdline;
+use std::fs::File;
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// A machine built and not yet running: no thread of it started.
+pub(super) struct Parts {
+    pub(super) vm: Vm,
+    pub(super) vcpus: Vec<Vcpu>,
+    pub(super) serial: Arc<Mutex<SerialConsole>>,
+    pub(super) legacy: arch::LegacyDevices,
+    pub(super) devices: AttachedDevices,
+    pub(super) subscribers: Vec<Subscriber>,
+    pub(super) buses: Arc<IoBuses>,
+    pub(super) panic_report: GuestPanicReport,
+    pub(super) guest_signals: Receiver<GuestSignal>,
+}
+
+/// How a restored machine comes up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreOptions {
+    /// KVM logs the pages the guest writes (diff snapshots of it).
+    pub track_dirty_pages: bool,
+    /// The guest's clock advances by the wall time since the snapshot.
+    pub clock_realtime: bool,
+    /// Run at once (otherwise it comes up paused).
+    pub resume: bool,
+}
+
+pub(crate) fn eventfd() -> Result<EventFd, MachineError> {
+    EventFd::new(EFD_NONBLOCK).map_err(|err| MachineError::Device(format!("eventfd: {err}")))
+}
+
+pub(crate) fn clone_evt(evt: &EventFd) -> Result<EventFd, MachineError> {
+    evt.try_clone()
+        .map_err(|err| MachineError::Device(format!("eventfd: {err}")))
+}
+
+/// The devices every machine has, wired to the VM: the serial console,
+/// the architecture's legacy devices, the reset and panic signals and the
+/// console input; new, or in saved states.
+struct FixedDevices {
+    buses: IoBuses,
+    serial: Arc<Mutex<SerialConsole>>,
+    legacy: arch::LegacyDevices,
+    subscribers: Vec<Subscriber>,
+    panic_report: GuestPanicReport,
+    guest_signals: Receiver<GuestSignal>,
+}
+
+fn fixed_devices(
+    vm: &Vm,
+    console: ConsoleIo,
+    saved: Option<(&SerialConsoleState, &arch::LegacyState)>,
+) -> Result<FixedDevices, MachineError> {
+    let (guest_signal_sender, guest_signals) = channel();
+    let panic_report = GuestPanicReport::default();
+    let panic_evt = eventfd()?;
+    let reset_evt = eventfd()?;
+    let serial_irq = eventfd()?;
+    let input_drained = eventfd()?;
+    let output = ConsoleOutput::new(
+        console.output,
+        Some(PanicWatcher::new(
+            panic_report.clone(),
+            EventFdTrigger::new(clone_evt(&panic_evt)?),
+        )),
+    );
+    let serial_trigger = EventFdTrigger::new(clone_evt(&serial_irq)?);
+    let drained_trigger = Some(EventFdTrigger::new(clone_evt(&input_drained)?));
+    let serial = match saved {
+        Some((state, _)) => SerialConsole::restore(state, serial_trigger, output, drained_trigger)
+            .map_err(|err| MachineError::Device(err.to_string()))?,
+        None => SerialConsole::new(serial_trigger, output, drained_trigger),
+    };
+    let serial = Arc::new(Mutex::new(serial));
+    let mut buses = IoBuses::default();
+    let legacy = arch::attach_legacy_devices(
+        vm,
+        &mut buses,
+        serial.clone(),
+        &serial_irq,
+        &reset_evt,
+        saved.map(|(_, legacy)| legacy),
+    )?;
+    let mut subscribers: Vec<Subscriber> = vec![Arc::new(Mutex::new(GuestSignalWatcher::new(
+        reset_evt,
+        panic_evt,
+        guest_signal_sender,
+    )))];
+    if let Some(input) = console.input {
+        subscribers.push(Arc::new(Mutex::new(ConsoleInput::new(
+            input,
+            serial.clone(),
+            input_drained,
+        ))));
+    }
+    Ok(FixedDevices {
+        buses,
+        serial,
+        legacy,
+        subscribers,
+        panic_report,
+        guest_signals,
+    })
+}
+
+/// Creates the VM's vCPUs (not configured).
+fn create_vcpus(
+    vm: &Vm,
+    count: u8,
+    buses: &Arc<IoBuses>,
+    template: &Arc<arch::VcpuTemplate>,
+) -> Result<Vec<(Vcpu, u8)>, MachineError> {
+    (0..count)
+        .map(|id| {
+            let fd = vm
+                .fd()
+                .create_vcpu(u64::from(id))
+                .map_err(|source| MachineError::CreateVcpu { id, source })?;
+            Ok((Vcpu::new(id, fd, buses.clone(), template.clone()), id))
+        })
+        .collect()
+}
+
+impl Machine {
+    /// Validates `config`, builds the VM, loads `payload` and starts the
+    /// vCPUs and the device event loop.
+    pub fn boot(
+        config: &VmConfig,
+        payload: Payload<'_>,
+        console: ConsoleIo,
+    ) -> Result<Self, MachineError> {
+        let machine_config = &config.machine_config;
+        // A Linux payload needs the whole configuration (which includes the
+        // machine config); bare test code only the machine config.
+        let limits = HostLimits::of_this_host();
+        if matches!(payload, Payload::Linux) {
+            config.validate(&limits)?;
+        } else {
+            machine_config.validate(&limits)?;
+        }
+        let vm = Vm::new(
+            machine_config.mem_size_mib,
+            RamBacking::Anonymous,
+            machine_config.track_dirty_pages,
+        )?;
+        let fixed = fixed_devices(&vm, console, None)?;
+        let mut buses = fixed.buses;
+
+        // virtio devices, announced on the kernel command line.
+        let mut cmdline = Cmdline::new(arch::CMDLINE_CAPACITY).map_err(MachineError::Cmdline)?;
+        if let Some(boot) = &config.boot_source {
+            cmdline
+                .insert_str(boot.boot_args.as_deref().unwrap_or(arch::DEFAULT_BOOT_ARGS))
+                .map_err(MachineError::Cmdline)?;
+        }
+        let mut virtio = VirtioAttacher::new(&vm, &mut buses.mmio, &mut cmdline);
+        virtio.attach_drives(&config.drives)?;
+        virtio.attach_network_interfaces(&config.network_interfaces)?;
+        let (virtio_subscribers, devices) = virtio.finish();
+        let buses = Arc::new(buses);
+
+        // Guest payload and vCPU state.
+        let entry = match payload {
+            Payload::Linux => load_linux(&vm, config, &cmdline)?,
+            #[cfg(target_arch = "x86_64")]
+            Payload::BareCode(code) => arch::load_bare_code(vm.memory(), code)?,
+            #[cfg(not(target_arch = "x86_64"))]
+            Payload::_Unused(_) => return Err(MachineError::Unsupported("raw payloads")),
+        };
+        let template = Arc::new(arch::VcpuTemplate::new(
+            vm.kvm(),
+            vm.fd(),
+            machine_config.vcpu_count,
+            machine_config.smt,
+        )?);
+        let mut vcpus = Vec::new();
+        for (vcpu, id) in create_vcpus(&vm, machine_config.vcpu_count, &buses, &template)? {
+            arch::configure_vcpu(vcpu.fd(), id, &template, entry)?;
+            vcpus.push(vcpu);
+        }
+        let mut subscribers = virtio_subscribers;
+        subscribers.extend(fixed.subscribers);
+        Self::start(
+            Parts {
+                vm,
+                vcpus,
+                serial: fixed.serial,
+                legacy: fixed.legacy,
+                devices,
+                subscribers,
+                buses,
+                panic_report: fixed.panic_report,
+                guest_signals: fixed.guest_signals,
+            },
+            false,
+        )
+    }
+
+    /// Builds the machine a snapshot saved: `config` is the snapshot's own
+    /// (with any tap overrides), `memory_file` its memory, mapped privately.
+    /// The vCPU threads start paused and restore their state; the machine
+    /// then runs or stays paused as `options` say. On error nothing of it
+    /// is left running.
+    pub fn restore(
+        state: &MicrovmState,
+        config: &VmConfig,
+        memory_file: &File,
+        options: RestoreOptions,
+        console: ConsoleIo,
+    ) -> Result<Self, MachineError> {
+        let machine_config = &config.machine_config;
+        let vm = Vm::new(
+            machine_config.mem_size_mib,
+            RamBacking::File(memory_file),
+            options.track_dirty_pages,
+        )?;
+        arch::restore_vm(vm.fd(), &state.vm, options.clock_realtime)?;
+        let fixed = fixed_devices(
+            &vm,
+            console,
+            Some((&state.devices.serial, &state.devices.legacy)),
+        )?;
+        let mut buses = fixed.buses;
+        // The guest booted long ago: this command line is never read.
+        let mut cmdline = Cmdline::new(arch::CMDLINE_CAPACITY).map_err(MachineError::Cmdline)?;
+        let mut virtio = VirtioAttacher::new(&vm, &mut buses.mmio, &mut cmdline);
+        virtio.attach_saved(
+            &state.devices.virtio,
+            &config.drives,
+            &config.network_interfaces,
+        )?;
+        let (virtio_subscribers, devices) = virtio.finish();
+        let buses = Arc::new(buses);
+        let template = Arc::new(arch::VcpuTemplate::new(
+            vm.kvm(),
+            vm.fd(),
+            machine_config.vcpu_count,
+            machine_config.smt,
+        )?);
+        let vcpus = create_vcpus(&vm, machine_config.vcpu_count, &buses, &template)?
+            .into_iter()
+            .map(|(vcpu, _)| vcpu)
+            .collect();
+        let mut subscribers = virtio_subscribers;
+        subscribers.extend(fixed.subscribers);
+        let mut machine = Self::start(
+            Parts {
+                vm,
+                vcpus,
+                serial: fixed.serial,
+                legacy: fixed.legacy,
+                devices,
+                subscribers,
+                buses,
+                panic_report: fixed.panic_report,
+                guest_signals: fixed.guest_signals,
+            },
+            true,
+        )?;
+        machine.restore_vcpus(&state.vcpus)?;
+        if options.resume {
+            machine.resume();
+        }
+        Ok(machine)
+    }
+}
+
+fn load_linux(
+    vm: &Vm,
+    config: &VmConfig,
+    cmdline: &Cmdline,
+) -> Result<arch::BootEntry, MachineError> {
+    let boot = config
+        .boot_source
+        .as_ref()
+        .ok_or(ConfigError::NoBootSource)?;
+    let mut kernel = open(&boot.kernel_image_path)?;
+    let mut initrd = boot.initrd_path.as_deref().map(open).transpose()?;
+    Ok(arch::load_guest(
+        vm.memory(),
+        &mut kernel,
+        initrd.as_mut(),
+        cmdline,
+        config.machine_config.vcpu_count,
+    )?)
+}
