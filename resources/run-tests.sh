@@ -5,7 +5,7 @@
 #   end-to-end tests booting real Linux guests in the nested-KVM test host,
 #   the aarch64 cross-build (Debian's rustc-web with the arm64 std), and
 #   short fuzzing runs of the virtio-blk request parser, the virtio-net
-#   TX/RX paths and the API parsers.
+#   TX/RX paths, the API parsers and the snapshot state-file parser.
 # Every step runs even when an earlier one failed (a failed build or lint
 # does not hide test results; cargo test runs with --no-fail-fast), and the
 # run ends with one summary: each step's result, the failed tests, where the
@@ -78,13 +78,13 @@ fuzz() {
     # -timeout: an input that takes over 10 s is a hang (a guest or client
     # that stalls brique) and fails the run now, not after libFuzzer's 20 min.
     local target status=0
-    for target in virtio_blk_request virtio_net_frames api_request; do
+    for target in virtio_blk_request virtio_net_frames api_request snapshot_state; do
         (cd fuzz && cargo fuzz run --sanitizer none "$target" -- \
             -max_total_time="${BRIQUE_FUZZ_SECONDS:-30}" -timeout=10) || status=1
     done
     return "$status"
 }
-run_step "fuzzing: virtio-blk requests, virtio-net frames and API requests, briefly (cargo-fuzz, libFuzzer)" fuzz
+run_step "fuzzing: virtio-blk requests, virtio-net frames, API requests and snapshot state files, briefly (cargo-fuzz, libFuzzer)" fuzz
 
 # ------------------------------------------------------------------ summary
 step "summary"

@@ -25,18 +25,35 @@ pub const DOT_PRINTER: &[u8] = &[
 /// so a restored guest shows whether it went on from where it was saved
 /// (the next letter) or started over.
 pub const LETTER_COUNTER: &[u8] = &[
-    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
-    0xb3, b'a', // mov bl, 'a'
-    0x88, 0xd8, // loop: mov al, bl
+    0x66,
+    0xba,
+    0xf8,
+    0x03, // mov dx, 0x3f8
+    0xb3,
+    b'a', // mov bl, 'a'
+    0x88,
+    0xd8, // loop: mov al, bl
     0xee, // out dx, al
-    0xfe, 0xc3, // inc bl
-    0x80, 0xfb, b'z' + 1, // cmp bl, 'z' + 1
-    0x75, 0x02, // jne spin_start
-    0xb3, b'a', // mov bl, 'a'
-    0xb9, 0x00, 0x40, 0x00, 0x00, // spin_start: mov ecx, 0x4000
-    0xff, 0xc9, // spin: dec ecx
-    0x75, 0xfc, // jnz spin
-    0xeb, 0xe9, // jmp loop
+    0xfe,
+    0xc3, // inc bl
+    0x80,
+    0xfb,
+    b'z' + 1, // cmp bl, 'z' + 1
+    0x75,
+    0x02, // jne spin_start
+    0xb3,
+    b'a', // mov bl, 'a'
+    0xb9,
+    0x00,
+    0x40,
+    0x00,
+    0x00, // spin_start: mov ecx, 0x4000
+    0xff,
+    0xc9, // spin: dec ecx
+    0x75,
+    0xfc, // jnz spin
+    0xeb,
+    0xe9, // jmp loop
 ];
 
 /// The letter after `letter` in [`LETTER_COUNTER`]'s cycle.

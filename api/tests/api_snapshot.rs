@@ -71,7 +71,10 @@ fn wait_for_letters(vm: &Brique, count: usize) -> Vec<u8> {
 fn pause(vm: &mut Brique) -> u8 {
     vm.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
     let printed = console(vm);
-    assert!(!vm.guest_runs(Duration::from_millis(200)), "paused guest printed");
+    assert!(
+        !vm.guest_runs(Duration::from_millis(200)),
+        "paused guest printed"
+    );
     *printed.last().expect("the guest printed before the pause")
 }
 
@@ -126,7 +129,11 @@ fn a_restored_guest_goes_on_from_where_it_was_saved() {
 
     let mut restored = Brique::start("snap-restored", &[]);
     assert_eq!(restored.state(), "Not started");
-    restored.ok("PUT", "/snapshot/load", &load_body(&snapshot, &memory, true));
+    restored.ok(
+        "PUT",
+        "/snapshot/load",
+        &load_body(&snapshot, &memory, true),
+    );
     assert_eq!(restored.state(), "Running");
     let printed = wait_for_letters(&restored, 30);
     assert_eq!(
@@ -198,7 +205,11 @@ fn a_diff_over_a_copy_of_the_full_memory_file_restores_the_later_state() {
         &load_body(&diff_state, &diff_memory, true),
     );
     let printed = wait_for_letters(&restored, 10);
-    assert_eq!(printed[0], next_letter(last), "the diff restores the later state");
+    assert_eq!(
+        printed[0],
+        next_letter(last),
+        "the diff restores the later state"
+    );
     assert_counts_in_order(&printed);
 }
 
@@ -300,8 +311,16 @@ fn refused_snapshot_requests_change_nothing() {
             memory.clone(),
             "truncated",
         ),
-        (bad("foreign.snap", b"QEVM\0\0\0\x03 not ours"), memory.clone(), "wrong magic"),
-        (bad("future.snap", &future), memory.clone(), "format version 9"),
+        (
+            bad("foreign.snap", b"QEVM\0\0\0\x03 not ours"),
+            memory.clone(),
+            "wrong magic",
+        ),
+        (
+            bad("future.snap", &future),
+            memory.clone(),
+            "format version 9",
+        ),
         (
             snapshot.clone(),
             bad("short.mem", &vec![0u8; 1 << 20]),
@@ -315,7 +334,12 @@ fn refused_snapshot_requests_change_nothing() {
     ];
     let mut fresh = Brique::start("snap-refusals-load", &[]);
     for (state, mem, needle) in &cases {
-        fresh.refused("PUT", "/snapshot/load", &load_body(state, mem, true), needle);
+        fresh.refused(
+            "PUT",
+            "/snapshot/load",
+            &load_body(state, mem, true),
+            needle,
+        );
         assert_eq!(fresh.state(), "Not started", "after {state}");
     }
     for (body, needle) in [
@@ -331,7 +355,10 @@ fn refused_snapshot_requests_change_nothing() {
             ),
             "not both",
         ),
-        (format!(r#"{{"snapshot_path": "{snapshot}"}}"#), "memory file"),
+        (
+            format!(r#"{{"snapshot_path": "{snapshot}"}}"#),
+            "memory file",
+        ),
         (
             format!(
                 r#"{{"snapshot_path": "{snapshot}", "mem_file_path": "{memory}", "network_overrides": [{{"iface_id": "eth9", "host_dev_name": "tap9"}}]}}"#
@@ -342,7 +369,11 @@ fn refused_snapshot_requests_change_nothing() {
         fresh.refused("PUT", "/snapshot/load", &body, needle);
     }
     // After all that, the same process still loads the good snapshot.
-    fresh.ok("PUT", "/snapshot/load", &load_body(&snapshot, &memory, true));
+    fresh.ok(
+        "PUT",
+        "/snapshot/load",
+        &load_body(&snapshot, &memory, true),
+    );
     assert!(fresh.guest_runs(Duration::from_secs(5)));
 
     // A load after configuring boot resources.

@@ -391,6 +391,34 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_controller_has_the_saved_state_and_refuses_impossible_ones() {
+        let mut f = fixture();
+        f.dev.write(COMMAND_PORT, &[command::WRITE_CTR]);
+        f.dev.write(DATA_PORT, &[0x07]);
+        assert!(f.dev.send_ctrl_alt_del());
+        f.dev.write(DATA_PORT, &[kbd::SET_LEDS]);
+        let saved = f.dev.save();
+        let json = serde_json::to_string(&saved).unwrap();
+        let saved: I8042State = serde_json::from_str(&json).unwrap();
+        let restored = I8042::restore(
+            &saved,
+            EventFdTrigger::new(f.reset.try_clone().unwrap()),
+            None,
+        )
+        .unwrap();
+        assert_eq!(restored.save(), saved);
+        assert_eq!(saved.pending, PendingWrite::KbdParameter);
+
+        let mut overfull = saved.clone();
+        overfull.output = vec![0; OUTPUT_QUEUE_MAX + 1];
+        assert!(I8042::restore(&overfull, EventFdTrigger::new(f.irq), None).is_err());
+        let mut phantom = saved;
+        phantom.keyboard_bytes = phantom.output.len() + 1;
+        let reset = EventFdTrigger::new(f.reset);
+        assert!(I8042::restore(&phantom, reset, None).is_err());
+    }
+
+    #[test]
     fn ctrl_alt_del_is_one_interrupt_per_byte_in_the_translated_set() {
         let mut f = fixture();
         assert!(f.dev.send_ctrl_alt_del());

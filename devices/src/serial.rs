@@ -357,6 +357,55 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_uart_has_the_saved_registers_and_unread_input() {
+        let irq = evt();
+        let mut console = SerialConsole::new(
+            EventFdTrigger::new(irq.try_clone().unwrap()),
+            ConsoleOutput::new(Box::new(io::sink()), None),
+            None,
+        );
+        console.write(3, &[0x83]); // DLAB on
+        console.write(0, &[0x0c]); // divisor 12
+        console.write(3, &[0x03]); // 8N1, DLAB off
+        console.write(1, &[0x01]); // RX interrupt on
+        console.write(7, &[0x5a]); // scratch
+        console.queue_input(b"ls\n").unwrap();
+        let saved = console.save();
+        assert_eq!(saved.receive_fifo, b"ls\n");
+        let json = serde_json::to_string(&saved).unwrap();
+        let saved: SerialConsoleState = serde_json::from_str(&json).unwrap();
+
+        let new_irq = evt();
+        let mut restored = SerialConsole::restore(
+            &saved,
+            EventFdTrigger::new(new_irq.try_clone().unwrap()),
+            ConsoleOutput::new(Box::new(io::sink()), None),
+            None,
+        )
+        .unwrap();
+        assert_eq!(restored.save(), saved);
+        assert!(
+            new_irq.read().unwrap() >= 1,
+            "pending input raises the interrupt again"
+        );
+        let mut byte = [0u8];
+        restored.read(7, &mut byte);
+        assert_eq!(byte[0], 0x5a);
+        restored.read(0, &mut byte);
+        assert_eq!(byte[0], b'l');
+
+        let mut overfull = saved;
+        overfull.receive_fifo = vec![b'x'; 4096];
+        assert!(SerialConsole::restore(
+            &overfull,
+            EventFdTrigger::new(evt()),
+            ConsoleOutput::new(Box::new(io::sink()), None),
+            None,
+        )
+        .is_err());
+    }
+
+    #[test]
     fn full_fifo_takes_nothing_more() {
         let mut console = SerialConsole::new(
             EventFdTrigger::new(evt()),

@@ -122,14 +122,14 @@ impl EventLoop {
             manager.add_subscriber(subscriber);
         }
         let thread = crate::threads::spawn(crate::threads::ThreadKind::DeviceLoop, move || {
-                while !stopped.load(Ordering::Acquire) {
-                    if let Err(err) = manager.run() {
-                        log::error!("device event loop failed: {err:?}");
-                        break;
-                    }
+            while !stopped.load(Ordering::Acquire) {
+                if let Err(err) = manager.run() {
+                    log::error!("device event loop failed: {err:?}");
+                    break;
                 }
-            })
-            .map_err(EventLoopError::Spawn)?;
+            }
+        })
+        .map_err(EventLoopError::Spawn)?;
         Ok(Self {
             stop,
             thread: Some(thread),

@@ -263,9 +263,11 @@ mod tests {
 
     #[test]
     fn guest_ram_is_huge_page_aligned_advised_and_usable() {
-        let (memory, ram) =
-            map_guest_ram(&[(0, 6 << 20), (0x1_0000_0000, 4 << 20)], RamBacking::Anonymous)
-                .expect("guest RAM");
+        let (memory, ram) = map_guest_ram(
+            &[(0, 6 << 20), (0x1_0000_0000, 4 << 20)],
+            RamBacking::Anonymous,
+        )
+        .expect("guest RAM");
         assert_eq!(ram.mappings.len(), 2);
         for region in memory.iter() {
             let addr = region

@@ -208,12 +208,7 @@ pub struct Vcpu {
 
 impl Vcpu {
     /// Wraps a vCPU.
-    pub fn new(
-        id: u8,
-        fd: VcpuFd,
-        buses: Arc<IoBuses>,
-        template: Arc<arch::VcpuTemplate>,
-    ) -> Self {
+    pub fn new(id: u8, fd: VcpuFd, buses: Arc<IoBuses>, template: Arc<arch::VcpuTemplate>) -> Self {
         Self {
             id,
             fd,
@@ -415,6 +410,40 @@ mod tests {
             thread.join().unwrap();
         }
         assert_eq!(control.parking().count, 0);
+    }
+
+    #[test]
+    fn parked_threads_serve_the_requests_posted_for_them_only() {
+        let control = Arc::new(VcpuControl::default());
+        control.request_pause();
+        let (served_tx, served) = std::sync::mpsc::channel();
+        let threads: Vec<_> = (0..2u8)
+            .map(|id| {
+                let control = control.clone();
+                let served_tx = served_tx.clone();
+                std::thread::spawn(move || {
+                    control.park_if_paused(id, |request| {
+                        if let VcpuRequest::SaveState(reply) = request {
+                            let _ = reply.send(Err(format!("served by {id}")));
+                            served_tx.send(id).unwrap();
+                        }
+                    });
+                })
+            })
+            .collect();
+        assert!(control.wait_parked(2, Duration::from_secs(5)));
+        let (reply, answer) = std::sync::mpsc::channel();
+        control.post(1, VcpuRequest::SaveState(reply));
+        assert_eq!(
+            answer.recv_timeout(Duration::from_secs(5)).unwrap(),
+            Err("served by 1".to_owned())
+        );
+        assert_eq!(served.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+        assert!(served.try_recv().is_err(), "vCPU 0 served nothing");
+        control.request_resume();
+        for thread in threads {
+            thread.join().unwrap();
+        }
     }
 
     #[test]

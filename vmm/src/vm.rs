@@ -2,9 +2,9 @@
 
 use crate::arch;
 use crate::guest_ram::{map_guest_ram, GuestRam, RamBacking};
+use brique_devices::GuestMemoryMmap;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::{Kvm, VmFd};
-use brique_devices::GuestMemoryMmap;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
 /// Errors creating the VM.
@@ -65,12 +65,13 @@ impl Vm {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
         let mem_bytes = (mem_mib as u64) << 20;
-        let (memory, ram) = map_guest_ram(&arch::ram_ranges(mem_bytes), backing).map_err(|err| {
-            VmError::Memory {
-                mib: mem_mib,
-                detail: err.to_string(),
-            }
-        })?;
+        let (memory, ram) =
+            map_guest_ram(&arch::ram_ranges(mem_bytes), backing).map_err(|err| {
+                VmError::Memory {
+                    mib: mem_mib,
+                    detail: err.to_string(),
+                }
+            })?;
         for (slot, region) in memory.iter().enumerate() {
             let slot = slot as u32;
             let host_addr = region

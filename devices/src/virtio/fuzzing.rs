@@ -3,8 +3,8 @@
 //! (`block::fuzzing`, `net::fuzzing`) that the cargo-fuzz targets (fuzz/)
 //! and the unit tests run.
 
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use crate::GuestMemoryMmap;
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Guest memory size of a harness.

@@ -11,6 +11,7 @@ use super::state::{InterruptState, SavedQueue};
 use super::{ActivateError, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::bus::BusDevice;
 use crate::state::StateError;
+use crate::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_config::{
@@ -19,7 +20,6 @@ use virtio_bindings::virtio_config::{
 };
 use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueT};
-use crate::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Size of one device's MMIO window.

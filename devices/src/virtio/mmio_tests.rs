@@ -266,3 +266,131 @@ fn random_register_traffic_never_panics() {
         FEATURES_OK_STATUS
     );
 }
+
+/// A transport whose block device the driver activated.
+fn activated(name: &str) -> Fixture {
+    let mut f = fixture(name);
+    negotiate(&mut f.transport);
+    setup_queue(&mut f.transport);
+    write(
+        &mut f.transport,
+        VIRTIO_MMIO_STATUS,
+        FEATURES_OK_STATUS | VIRTIO_CONFIG_S_DRIVER_OK,
+    );
+    f
+}
+
+/// A fresh transport over a new block device, restored from `state`.
+fn restored(
+    f: &Fixture,
+    state: &MmioTransportState,
+) -> (
+    Result<MmioTransport, crate::state::StateError>,
+    Arc<Mutex<Block>>,
+) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&f.path)
+        .unwrap();
+    let block = Arc::new(Mutex::new(
+        Block::new(Disk::new(file, false, CacheMode::Writeback, "d").unwrap()).unwrap(),
+    ));
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    let interrupt = Interrupt::new(crate::EventFdTrigger::new(irq));
+    (
+        MmioTransport::restore(block.clone(), mem, interrupt, state),
+        block,
+    )
+}
+
+#[test]
+fn an_active_devices_queues_live_in_the_device_and_come_back_with_it() {
+    let mut f = activated("save-active");
+    let saved = f.transport.save();
+    assert!(saved.activated);
+    assert_eq!(saved.queues.len(), 1);
+    assert_eq!(
+        (saved.queues[0].size, saved.queues[0].desc_table),
+        (16, 0x1000)
+    );
+    assert!(saved.queues[0].event_idx, "the driver accepted EVENT_IDX");
+    // The transport gave its queue away: QueueReady reads 0 from it now.
+    write(&mut f.transport, VIRTIO_MMIO_QUEUE_SEL, 0);
+    assert_eq!(read(&mut f.transport, VIRTIO_MMIO_QUEUE_READY), 0);
+
+    let (transport, block) = restored(&f, &saved);
+    let transport = transport.expect("restores");
+    assert!(
+        lock(&block).active_queues().is_some(),
+        "the restored device is active"
+    );
+    assert_eq!(
+        transport.save(),
+        saved,
+        "save, restore, save gives the same"
+    );
+}
+
+fn lock(block: &Arc<Mutex<Block>>) -> std::sync::MutexGuard<'_, Block> {
+    block.lock().unwrap()
+}
+
+#[test]
+fn a_device_not_yet_activated_keeps_the_drivers_setup() {
+    let mut f = fixture("save-setup");
+    negotiate(&mut f.transport);
+    setup_queue(&mut f.transport);
+    let saved = f.transport.save();
+    assert!(!saved.activated);
+    assert!(saved.queues[0].ready);
+    let (transport, block) = restored(&f, &saved);
+    let mut transport = transport.unwrap();
+    assert!(lock(&block).active_queues().is_none());
+    assert_eq!(read(&mut transport, VIRTIO_MMIO_STATUS), FEATURES_OK_STATUS);
+    // The driver finishes where it left off.
+    write(
+        &mut transport,
+        VIRTIO_MMIO_STATUS,
+        FEATURES_OK_STATUS | VIRTIO_CONFIG_S_DRIVER_OK,
+    );
+    assert!(lock(&block).active_queues().is_some());
+}
+
+#[test]
+fn a_saved_transport_that_does_not_fit_is_refused_and_the_device_untouched() {
+    let f = activated("save-refused");
+    let good = f.transport.save();
+    let mut cases: Vec<(&str, MmioTransportState)> = Vec::new();
+    let mut wrong_type = good.clone();
+    wrong_type.device_type = 1;
+    cases.push(("device type", wrong_type));
+    let mut extra_queue = good.clone();
+    extra_queue.queues.push(extra_queue.queues[0]);
+    cases.push(("saved queues", extra_queue));
+    let mut never_offered = good.clone();
+    never_offered.driver_features |= 1 << 63;
+    cases.push(("never offered", never_offered));
+    let mut outside = good.clone();
+    outside.queues[0].used_ring = 0xffff_f000;
+    cases.push(("outside guest memory", outside));
+    let mut bad_size = good.clone();
+    bad_size.queues[0].size = 17;
+    cases.push(("queue", bad_size));
+    let mut bigger = good.clone();
+    bigger.queues[0].max_size = 1024;
+    cases.push(("entries", bigger));
+    let mut not_ok = good.clone();
+    not_ok.status = FEATURES_OK_STATUS;
+    cases.push(("DRIVER_OK", not_ok));
+    let mut bad_interrupt = good.clone();
+    bad_interrupt.interrupt.status = 0x80;
+    cases.push(("status 0x80", bad_interrupt));
+    for (needle, state) in cases {
+        let (result, block) = restored(&f, &state);
+        let err = result.expect_err(needle);
+        assert!(err.to_string().contains(needle), "{needle}: {err}");
+        assert!(lock(&block).active_queues().is_none(), "{needle}");
+    }
+}

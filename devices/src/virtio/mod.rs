@@ -10,12 +10,12 @@ pub mod net;
 pub mod state;
 
 use crate::EventFdTrigger;
+use crate::GuestMemoryMmap;
 use event_manager::{EventOps, Events};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use crate::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 

@@ -53,7 +53,10 @@ impl SavedQueue {
         if self.max_size != max_size {
             return Err(StateError::mismatch(
                 device,
-                format!("queue of {} entries, this device has {max_size}", self.max_size),
+                format!(
+                    "queue of {} entries, this device has {max_size}",
+                    self.max_size
+                ),
             ));
         }
         let state = QueueState {

@@ -353,9 +353,7 @@ impl Controller {
                 "boot resources were configured",
             ));
         }
-        let memory_path = params
-            .memory_file()
-            .map_err(ControllerError::LoadRequest)?;
+        let memory_path = params.memory_file().map_err(ControllerError::LoadRequest)?;
         let state = persist::read_state(&params.snapshot_path)?;
         state.check(&self.limits)?;
         let memory_file = persist::memory::open_for_restore(memory_path, state.memory_bytes())?;

@@ -243,7 +243,6 @@ fn open(path: &std::path::Path) -> Result<File, MachineError> {
     })
 }
 
-
 impl Machine {
     /// Starts a built machine: the signal forwarder, the device event loop
     /// and one thread per vCPU, running or (`paused`) parked before their
@@ -295,11 +294,7 @@ impl Machine {
             let thread = spawn_vcpu(vcpu, machine.vcpu_control.clone(), machine_events.clone())?;
             machine.vcpu_threads.push(thread);
         }
-        if paused
-            && !machine
-                .vcpu_control
-                .wait_parked(vcpu_count, PAUSE_TIMEOUT)
-        {
+        if paused && !machine.vcpu_control.wait_parked(vcpu_count, PAUSE_TIMEOUT) {
             return Err(MachineError::PauseTimeout(PAUSE_TIMEOUT));
         }
         Ok(machine)
@@ -377,12 +372,14 @@ impl Machine {
             .collect();
         answers
             .into_iter()
-            .map(|(id, answer)| match answer.recv_timeout(VCPU_REQUEST_TIMEOUT) {
-                Ok(result) => result.map_err(MachineError::VcpuRequest),
-                Err(_) => Err(MachineError::VcpuRequest(format!(
-                    "vCPU {id} did not answer within {VCPU_REQUEST_TIMEOUT:?}"
-                ))),
-            })
+            .map(
+                |(id, answer)| match answer.recv_timeout(VCPU_REQUEST_TIMEOUT) {
+                    Ok(result) => result.map_err(MachineError::VcpuRequest),
+                    Err(_) => Err(MachineError::VcpuRequest(format!(
+                        "vCPU {id} did not answer within {VCPU_REQUEST_TIMEOUT:?}"
+                    ))),
+                },
+            )
             .collect()
     }
 
@@ -539,19 +536,19 @@ fn spawn_vcpu(
     events: EventSender,
 ) -> Result<JoinHandle<()>, MachineError> {
     threads::spawn(ThreadKind::Vcpu(vcpu.id()), move || {
-            let reason = vcpu.run(&control);
-            if !matches!(
+        let reason = vcpu.run(&control);
+        if !matches!(
+            reason,
+            VcpuStop::Requested | VcpuStop::SystemReset | VcpuStop::SystemShutdown
+        ) {
+            METRICS.vcpu.failures.inc();
+        }
+        if reason != VcpuStop::Requested {
+            events.send(MachineEvent::VcpuStopped {
+                id: vcpu.id(),
                 reason,
-                VcpuStop::Requested | VcpuStop::SystemReset | VcpuStop::SystemShutdown
-            ) {
-                METRICS.vcpu.failures.inc();
-            }
-            if reason != VcpuStop::Requested {
-                events.send(MachineEvent::VcpuStopped {
-                    id: vcpu.id(),
-                    reason,
-                });
-            }
-        })
-        .map_err(MachineError::Thread)
+            });
+        }
+    })
+    .map_err(MachineError::Thread)
 }

@@ -137,7 +137,10 @@ mod tests {
         for index in 0..bytes.len() {
             let mut corrupt = bytes.clone();
             corrupt[index] ^= 0x01;
-            assert!(decode(&corrupt).is_err(), "byte {index} flipped went unnoticed");
+            assert!(
+                decode(&corrupt).is_err(),
+                "byte {index} flipped went unnoticed"
+            );
         }
     }
 
@@ -148,7 +151,10 @@ mod tests {
             decode(&bytes[..bytes.len() - 1]),
             Err(SnapshotError::Truncated { .. })
         ));
-        assert!(matches!(decode(b"BRIQ"), Err(SnapshotError::Truncated { .. })));
+        assert!(matches!(
+            decode(b"BRIQ"),
+            Err(SnapshotError::Truncated { .. })
+        ));
         let mut foreign = bytes.clone();
         foreign[..8].copy_from_slice(b"QEVM\0\0\0\x03");
         assert!(matches!(decode(&foreign), Err(SnapshotError::NotASnapshot)));
@@ -158,10 +164,16 @@ mod tests {
         assert!(err.to_string().contains("format version 2"), "{err}");
         let mut longer = bytes.clone();
         longer.extend_from_slice(&[0; 16]);
-        assert!(matches!(decode(&longer), Err(SnapshotError::Truncated { .. })));
+        assert!(matches!(
+            decode(&longer),
+            Err(SnapshotError::Truncated { .. })
+        ));
         let mut huge_len = bytes;
         huge_len[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(decode(&huge_len), Err(SnapshotError::Truncated { .. })));
+        assert!(matches!(
+            decode(&huge_len),
+            Err(SnapshotError::Truncated { .. })
+        ));
     }
 
     #[test]

@@ -133,8 +133,11 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     fn memory() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 * 1024), (GuestAddress(1 << 20), 32 * 1024)])
-            .unwrap()
+        GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 64 * 1024),
+            (GuestAddress(1 << 20), 32 * 1024),
+        ])
+        .unwrap()
     }
 
     fn scratch(name: &str) -> std::path::PathBuf {
@@ -147,7 +150,9 @@ mod tests {
     fn a_full_file_is_the_ranges_end_to_end_with_zero_pages_as_holes() {
         let memory = memory();
         memory.write_obj(0x11u8, GuestAddress(0x1000)).unwrap();
-        memory.write_obj(0x22u8, GuestAddress((1 << 20) + 0x2005)).unwrap();
+        memory
+            .write_obj(0x22u8, GuestAddress((1 << 20) + 0x2005))
+            .unwrap();
         let path = scratch("full.mem");
         write(&memory, &path, &Pages::All).unwrap();
         let contents = std::fs::read(&path).unwrap();
@@ -168,14 +173,19 @@ mod tests {
         // Later: page 1 changes, page 3 becomes zeros, page 5 of region 1 is new.
         memory.write_obj(0x44u8, GuestAddress(0x1000)).unwrap();
         memory.write_obj(0u8, GuestAddress(0x3000)).unwrap();
-        memory.write_obj(0x55u8, GuestAddress((1 << 20) + 0x5000)).unwrap();
+        memory
+            .write_obj(0x55u8, GuestAddress((1 << 20) + 0x5000))
+            .unwrap();
         let diff = scratch("diff.mem");
         std::fs::copy(&full, &diff).unwrap();
         let dirty = Pages::Dirty(vec![vec![(1 << 1) | (1 << 3)], vec![1 << 5]]);
         write(&memory, &diff, &dirty).unwrap();
         let later = scratch("later-full.mem");
         write(&memory, &later, &Pages::All).unwrap();
-        assert_eq!(std::fs::read(&diff).unwrap(), std::fs::read(&later).unwrap());
+        assert_eq!(
+            std::fs::read(&diff).unwrap(),
+            std::fs::read(&later).unwrap()
+        );
         for path in [full, diff, later] {
             std::fs::remove_file(path).unwrap();
         }

@@ -8,6 +8,8 @@
 //! names in the saved configuration, never from file descriptors.
 
 pub mod file;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod memory;
 
 use crate::arch;
@@ -42,7 +44,9 @@ pub enum SnapshotError {
     #[error("the snapshot file has {len} bytes, more than the {max} a state file may have")]
     TooLarge { len: u64, max: u64 },
     /// The checksum does not match the contents.
-    #[error("the snapshot file is corrupt: checksum {stored:#010x}, contents give {computed:#010x}")]
+    #[error(
+        "the snapshot file is corrupt: checksum {stored:#010x}, contents give {computed:#010x}"
+    )]
     Checksum { stored: u32, computed: u32 },
     /// The state does not parse.
     #[error("the snapshot's state is malformed: {0}")]
@@ -362,4 +366,4 @@ impl SnapshotLoadParams {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

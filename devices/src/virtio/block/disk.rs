@@ -4,10 +4,10 @@
 //! punching for discard and write-zeroes.
 
 use super::request::{Request, RequestType, ID_BYTES, SECTOR_SIZE, SEGMENT_SIZE};
+use crate::GuestMemoryMmap;
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
-use crate::GuestMemoryMmap;
 use vm_memory::{Address, Bytes};
 use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 

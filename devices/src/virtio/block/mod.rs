@@ -12,6 +12,7 @@ use super::{
     pop_or_rearm, read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice,
     VirtioEvent, VirtioEvents,
 };
+use crate::GuestMemoryMmap;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::sync::Arc;
 use virtio_bindings::virtio_blk::{
@@ -20,8 +21,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{Queue, QueueT};
-use crate::GuestMemoryMmap;
-use vm_memory::{Bytes};
+use vm_memory::Bytes;
 
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -159,8 +159,8 @@ impl Block {
                 ),
             ));
         }
-        let mut block =
-            Self::new(disk).map_err(|err| crate::state::StateError::invalid("virtio-blk", err.to_string()))?;
+        let mut block = Self::new(disk)
+            .map_err(|err| crate::state::StateError::invalid("virtio-blk", err.to_string()))?;
         block.config_generation = state.config_generation;
         Ok(block)
     }

@@ -7,12 +7,12 @@
 //! the wrong direction, sectors past the end of the disk, chains that are
 //! too long or loop) is an error here, reported to the guest as IOERR.
 
+use crate::GuestMemoryMmap;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_queue::DescriptorChain;
-use crate::GuestMemoryMmap;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Bytes per sector.

@@ -3,13 +3,13 @@
 //! guest memory and disk bytes outside the request untouched.
 
 use super::*;
+use crate::GuestMemoryMmap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use crate::GuestMemoryMmap;
-use vm_memory::{GuestAddress};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const MEM_SIZE: usize = 0x10_0000;
@@ -516,4 +516,26 @@ fn notifications_after_a_reset_are_consumed() {
     assert_eq!(loop_.run_with_timeout(50).unwrap(), 0);
     assert_eq!(mock.used().idx().load(), 1);
     assert_eq!(f.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);
+}
+
+#[test]
+fn a_restored_block_device_needs_the_disk_size_the_guest_knows() {
+    let f = Fixture::new("restore");
+    let saved = f.device(false, CacheMode::Writeback).save();
+    assert_eq!(saved.capacity_sectors, DISK_SECTORS);
+    let file = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&f.path)
+            .unwrap()
+    };
+    let disk = Disk::new(file(), false, CacheMode::Writeback, "data-disk").unwrap();
+    let block = Block::restore(disk, &saved).unwrap();
+    assert_eq!(block.save(), saved);
+    // The file grew since: another disk than the guest's.
+    file().set_len((DISK_SECTORS + 8) * 512).unwrap();
+    let disk = Disk::new(file(), false, CacheMode::Writeback, "data-disk").unwrap();
+    let err = Block::restore(disk, &saved).unwrap_err();
+    assert!(err.to_string().contains("sectors"), "{err}");
 }

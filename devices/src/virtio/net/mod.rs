@@ -14,6 +14,7 @@ use super::{
     pop_or_rearm, read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice,
     VirtioEvent, VirtioEvents,
 };
+use crate::GuestMemoryMmap;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -22,7 +23,6 @@ use tap::{Tap, VNET_HDR_LEN};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::*;
 use virtio_queue::{Queue, QueueT};
-use crate::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 

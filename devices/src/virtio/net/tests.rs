@@ -403,3 +403,26 @@ fn notifications_after_a_reset_are_consumed() {
     }
     assert_eq!(seen, 2, "each notification once");
 }
+
+#[test]
+fn a_held_rx_frame_survives_a_restore_and_impossible_ones_are_refused() {
+    let (backend, _peer) = socket_pair().unwrap();
+    let held = NetState {
+        rx_held_frame: vec![0x42; VNET_HDR_LEN + 60],
+    };
+    let net = Net::restore(Box::new(backend), None, &held).unwrap();
+    assert_eq!(net.save(), held);
+    for bad in [vec![0; VNET_HDR_LEN], vec![0; MAX_FRAME_LEN + 1]] {
+        let (backend, _peer) = socket_pair().unwrap();
+        let state = NetState { rx_held_frame: bad };
+        assert!(Net::restore(Box::new(backend), None, &state).is_err());
+    }
+    let (backend, _peer) = socket_pair().unwrap();
+    let idle = NetState {
+        rx_held_frame: Vec::new(),
+    };
+    assert_eq!(
+        Net::restore(Box::new(backend), None, &idle).unwrap().save(),
+        idle
+    );
+}

@@ -4,10 +4,10 @@
 
 pub mod devices;
 
+use brique_devices::GuestMemoryMmap;
 pub use devices::{attach as attach_legacy_devices, LegacyDevices, LegacyState};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::fs::File;
-use brique_devices::GuestMemoryMmap;
 
 /// Guest RAM starts at 2 GiB; devices live below it.
 pub const DRAM_START: u64 = 0x8000_0000;
@@ -94,6 +94,12 @@ pub struct VcpuState {}
 /// The VM's saved state (GIC, timer: with aarch64 boot).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmState {}
+
+/// Plausible saved VM and vCPU states, for tests of what contains them.
+#[cfg(test)]
+pub fn sample_states() -> (VmState, VcpuState) {
+    (VmState {}, VcpuState {})
+}
 
 /// Reads a vCPU's state.
 pub fn save_vcpu(_vcpu: &VcpuFd, _template: &VcpuTemplate) -> Result<VcpuState, ArchError> {

@@ -3,13 +3,13 @@
 //! the Linux 64-bit boot protocol (Documentation/arch/x86/boot.rst).
 
 use super::layout::{CMDLINE_START, EBDA_START, HIMEM_START, INITRD_ADDR_MAX, ZERO_PAGE_START};
+use brique_devices::GuestMemoryMmap;
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use brique_devices::GuestMemoryMmap;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 const E820_RAM: u32 = 1;

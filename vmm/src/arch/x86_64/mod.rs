@@ -13,16 +13,22 @@ pub mod regs;
 pub mod vcpu_state;
 pub mod vm_state;
 
+use brique_devices::GuestMemoryMmap;
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::fs::File;
-use brique_devices::GuestMemoryMmap;
 
 pub use devices::{attach as attach_legacy_devices, LegacyDevices, LegacyState};
 pub use fault_report::vcpu_state_report;
 pub use layout::{ram_ranges, MAX_GUEST_MEM_MIB, MMIO_DEVICES_START};
 pub use vcpu_state::{restore_vcpu, save_vcpu, vcpu_paused, VcpuState};
 pub use vm_state::{restore_vm, save_vm, VmState};
+
+/// Plausible saved VM and vCPU states, for tests of what contains them.
+#[cfg(test)]
+pub fn sample_states() -> (VmState, VcpuState) {
+    (vm_state::tests::sample(), vcpu_state::tests::sample())
+}
 
 /// The architecture snapshots are taken on (a snapshot loads only here).
 pub const ARCH_NAME: &str = "x86_64";
@@ -164,8 +170,8 @@ impl VcpuTemplate {
             .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?
             .as_slice()
             .to_vec();
-        let xsave2_size = usize::try_from(vm.check_extension_int(kvm_ioctls::Cap::Xsave2))
-            .unwrap_or_default();
+        let xsave2_size =
+            usize::try_from(vm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or_default();
         Ok(Self {
             supported_cpuid,
             msr_indices,

@@ -6,8 +6,8 @@ use super::layout::{
     BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PDE_START, PDPTE_START, PML4_START,
     ZERO_PAGE_START,
 };
-use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 use brique_devices::GuestMemoryMmap;
+use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress};
 
 const X86_CR0_PE: u64 = 1 << 0;

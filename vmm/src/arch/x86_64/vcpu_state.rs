@@ -66,7 +66,9 @@ pub fn save_vcpu(vcpu: &VcpuFd, template: &VcpuTemplate) -> Result<VcpuState, Ar
     let sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
     let xsave = save_xsave(vcpu, template.xsave2_size)?;
     let xcrs = vcpu.get_xcrs().map_err(kvm_err("KVM_GET_XCRS"))?;
-    let debug_regs = vcpu.get_debug_regs().map_err(kvm_err("KVM_GET_DEBUGREGS"))?;
+    let debug_regs = vcpu
+        .get_debug_regs()
+        .map_err(kvm_err("KVM_GET_DEBUGREGS"))?;
     let lapic = vcpu.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
     let tsc_khz = vcpu.get_tsc_khz().ok();
     let cpuid = vcpu
@@ -184,11 +186,13 @@ pub fn restore_vcpu(
     vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
     vcpu.set_mp_state(state.mp_state)
         .map_err(kvm_err("KVM_SET_MP_STATE"))?;
-    vcpu.set_regs(&state.regs).map_err(kvm_err("KVM_SET_REGS"))?;
+    vcpu.set_regs(&state.regs)
+        .map_err(kvm_err("KVM_SET_REGS"))?;
     vcpu.set_sregs(&state.sregs)
         .map_err(kvm_err("KVM_SET_SREGS"))?;
     restore_xsave(vcpu, &state.xsave, template.xsave2_size)?;
-    vcpu.set_xcrs(&state.xcrs).map_err(kvm_err("KVM_SET_XCRS"))?;
+    vcpu.set_xcrs(&state.xcrs)
+        .map_err(kvm_err("KVM_SET_XCRS"))?;
     vcpu.set_debug_regs(&state.debug_regs)
         .map_err(kvm_err("KVM_SET_DEBUGREGS"))?;
     vcpu.set_lapic(&state.lapic)
@@ -272,7 +276,7 @@ pub fn vcpu_paused(vcpu: &VcpuFd) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn template(xsave2_size: usize) -> VcpuTemplate {
@@ -280,6 +284,11 @@ mod tests {
     }
 
     fn state() -> VcpuState {
+        sample()
+    }
+
+    /// A plausible saved vCPU, for tests of what contains one.
+    pub(crate) fn sample() -> VcpuState {
         VcpuState {
             mp_state: kvm_mp_state { mp_state: 3 },
             regs: kvm_regs {
@@ -327,7 +336,10 @@ mod tests {
         let saved = state();
         assert!(check_vcpu_state(&saved, &template(4096 + 64)).is_ok());
         let err = check_vcpu_state(&saved, &template(0)).unwrap_err();
-        assert!(err.to_string().contains("XSAVE area of 4160 bytes"), "{err}");
+        assert!(
+            err.to_string().contains("XSAVE area of 4160 bytes"),
+            "{err}"
+        );
         let mut short = state();
         short.xsave.truncate(10);
         assert!(check_vcpu_state(&short, &template(4096)).is_err());

@@ -97,7 +97,7 @@ pub fn restore_vm(vm: &VmFd, state: &VmState, clock_realtime: bool) -> Result<()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use kvm_bindings::{KVM_CLOCK_HOST_TSC, KVM_CLOCK_TSC_STABLE};
 
@@ -122,7 +122,17 @@ mod tests {
 
     #[test]
     fn a_vm_state_round_trips_through_json() {
-        let state = VmState {
+        let state = sample();
+        let text = serde_json::to_string(&state).unwrap();
+        let back: VmState = serde_json::from_str(&text).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), text);
+        assert_eq!(back.ioapic.chip_id, KVM_IRQCHIP_IOAPIC);
+        assert_eq!((back.pit.flags, back.clock.clock), (1, 77));
+    }
+
+    /// A plausible saved VM, for tests of what contains one.
+    pub(crate) fn sample() -> VmState {
+        VmState {
             pic_master: kvm_irqchip {
                 chip_id: KVM_IRQCHIP_PIC_MASTER,
                 ..Default::default()
@@ -143,11 +153,6 @@ mod tests {
                 clock: 77,
                 ..Default::default()
             },
-        };
-        let text = serde_json::to_string(&state).unwrap();
-        let back: VmState = serde_json::from_str(&text).unwrap();
-        assert_eq!(serde_json::to_string(&back).unwrap(), text);
-        assert_eq!(back.ioapic.chip_id, KVM_IRQCHIP_IOAPIC);
-        assert_eq!((back.pit.flags, back.clock.clock), (1, 77));
+        }
     }
 }
