@@ -380,6 +380,29 @@ mod tests {
             ok(Put, "/metrics", r#"{"metrics_path": "/m"}"#),
             VmmAction::PutMetrics(_)
         ));
+        assert!(matches!(
+            ok(
+                Put,
+                "/snapshot/create",
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m"}"#
+            ),
+            VmmAction::CreateSnapshot(_)
+        ));
+        assert!(matches!(
+            ok(
+                Put,
+                "/snapshot/load",
+                r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#
+            ),
+            VmmAction::LoadSnapshot(_)
+        ));
+        // Two memory backends: refused before the VMM sees it.
+        let both = err(
+            Put,
+            "/snapshot/load",
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#,
+        );
+        assert_eq!(both.status, StatusCode::BadRequest);
     }
 
     #[test]
@@ -395,13 +418,18 @@ mod tests {
         ] {
             assert_eq!(err(Get, path, "").status, StatusCode::NotFound, "{path}");
         }
-        let snapshot = err(Put, "/snapshot/create", "{}");
-        assert_eq!(snapshot.status, StatusCode::NotFound);
+        let vsock = err(Put, "/vsock", "{}");
+        assert_eq!(vsock.status, StatusCode::NotFound);
         assert!(
-            snapshot.message.contains("does not implement"),
+            vsock.message.contains("does not implement"),
             "{}",
-            snapshot.message
+            vsock.message
         );
+        assert_eq!(
+            err(Put, "/snapshot/other", "{}").status,
+            StatusCode::NotFound
+        );
+        assert_eq!(err(Get, "/snapshot/load", "").allow.as_deref(), Some("PUT"));
         let wrong = err(Get, "/actions", "");
         assert_eq!(wrong.status, StatusCode::MethodNotAllowed);
         assert_eq!(wrong.allow.as_deref(), Some("PUT"));

@@ -122,6 +122,12 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str) {
 /// Sends `op`'s example; returns the status after checking it is
 /// documented and, for JSON answers, that the body matches its schema.
 fn send(vm: &mut Brique, doc: &Value, op: &Operation) -> u16 {
+    let dir = vm.dir.display().to_string();
+    send_with_dir(vm, doc, op, &dir)
+}
+
+/// As [`send`], with `${DIR}` in the example standing for `dir`.
+fn send_with_dir(vm: &mut Brique, doc: &Value, op: &Operation, dir: &str) -> u16 {
     let mut path = op.path_template.clone();
     for param in op.spec["parameters"].as_array().into_iter().flatten() {
         let name = param["name"].as_str().unwrap();
@@ -136,7 +142,7 @@ fn send(vm: &mut Brique, doc: &Value, op: &Operation) -> u16 {
             .replace("${KERNEL}", &vm.path("tiny.elf"))
             .replace("${DISK2}", &vm.path("bigger.img"))
             .replace("${DISK}", &vm.path("disk.img"))
-            .replace("${DIR}", &vm.dir.display().to_string())
+            .replace("${DIR}", dir)
     };
     let response = vm.call(&op.method, &path, &body);
     let documented = &op.spec["responses"][response.status.to_string()];
@@ -178,7 +184,8 @@ fn every_documented_operation_answers_as_documented() {
     ordered.extend(ops.iter().filter(|op| op.path_template != "/metrics"));
     for op in &ordered {
         let status = send(&mut vm, &doc, op);
-        let expect_ok = phase(op) != "runtime";
+        // Snapshots: no paused microVM yet, and no snapshot file to load.
+        let expect_ok = !matches!(phase(op).as_str(), "runtime" | "paused" | "fresh");
         assert_eq!(
             status < 300,
             expect_ok,
@@ -207,7 +214,8 @@ fn every_documented_operation_answers_as_documented() {
         }
         let status = send(&mut vm, &doc, op);
         let expect_ok = match phase(op).as_str() {
-            "pre-boot" => false,
+            // Snapshots: created below once paused; loaded in a fresh brique.
+            "pre-boot" | "paused" | "fresh" => false,
             // This VM has no interface to update (that needs a tap device).
             _ if op.path_template == "/network-interfaces/{iface_id}" => false,
             _ => true,
@@ -221,4 +229,25 @@ fn every_documented_operation_answers_as_documented() {
         );
     }
     assert_eq!(vm.state(), "Paused", "the PATCH /vm example pauses");
+
+    // Paused: the snapshot example succeeds; a fresh brique loads it.
+    let by_phase = |wanted: &str| {
+        ops.iter()
+            .filter(|op| phase(op) == wanted)
+            .collect::<Vec<_>>()
+    };
+    for op in by_phase("paused") {
+        assert_eq!(send(&mut vm, &doc, op), 204, "{}", op.path_template);
+    }
+    let snapshot_dir = vm.dir.display().to_string();
+    let mut fresh = Brique::start("openapi-fresh", &[]);
+    for op in by_phase("fresh") {
+        assert_eq!(
+            send_with_dir(&mut fresh, &doc, op, &snapshot_dir),
+            204,
+            "{}",
+            op.path_template
+        );
+    }
+    assert_eq!(fresh.state(), "Running", "the load example resumes");
 }
