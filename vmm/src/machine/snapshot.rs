@@ -35,15 +35,18 @@ impl Machine {
             )
             .into());
         }
-        let vcpus = self.save_vcpus()?;
-        let vm = arch::save_vm(self.vm.fd())?;
-        let serial = self
-            .serial
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .save();
-        let legacy = self.legacy.save();
+        // Devices first: while their locks are held the device event loop
+        // neither changes them nor raises interrupts, so the interrupt
+        // controllers and vCPUs saved next agree with them.
         self.devices.save_then(|virtio| {
+            let vcpus = self.save_vcpus()?;
+            let vm = arch::save_vm(self.vm.fd())?;
+            let serial = self
+                .serial
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .save();
+            let legacy = self.legacy.save();
             let state = MicrovmState {
                 arch: arch::ARCH_NAME.to_owned(),
                 brique_version: env!("CARGO_PKG_VERSION").to_owned(),
