@@ -128,6 +128,32 @@ fn fixed_devices(
     })
 }
 
+impl FixedDevices {
+    /// The whole machine, from these devices and the rest.
+    fn into_parts(
+        self,
+        vm: Vm,
+        vcpus: Vec<Vcpu>,
+        devices: AttachedDevices,
+        virtio_subscribers: Vec<Subscriber>,
+        buses: Arc<IoBuses>,
+    ) -> Parts {
+        let mut subscribers = virtio_subscribers;
+        subscribers.extend(self.subscribers);
+        Parts {
+            vm,
+            vcpus,
+            serial: self.serial,
+            legacy: self.legacy,
+            devices,
+            subscribers,
+            buses,
+            panic_report: self.panic_report,
+            guest_signals: self.guest_signals,
+        }
+    }
+}
+
 /// Creates the VM's vCPUs (not configured).
 fn create_vcpus(
     vm: &Vm,
@@ -168,8 +194,8 @@ impl Machine {
             RamBacking::Anonymous,
             machine_config.track_dirty_pages,
         )?;
-        let fixed = fixed_devices(&vm, console, None)?;
-        let mut buses = fixed.buses;
+        let mut fixed = fixed_devices(&vm, console, None)?;
+        let mut buses = std::mem::take(&mut fixed.buses);
 
         // virtio devices, announced on the kernel command line.
         let mut cmdline = Cmdline::new(arch::CMDLINE_CAPACITY).map_err(MachineError::Cmdline)?;
@@ -203,22 +229,8 @@ impl Machine {
             arch::configure_vcpu(vcpu.fd(), id, &template, entry)?;
             vcpus.push(vcpu);
         }
-        let mut subscribers = virtio_subscribers;
-        subscribers.extend(fixed.subscribers);
-        Self::start(
-            Parts {
-                vm,
-                vcpus,
-                serial: fixed.serial,
-                legacy: fixed.legacy,
-                devices,
-                subscribers,
-                buses,
-                panic_report: fixed.panic_report,
-                guest_signals: fixed.guest_signals,
-            },
-            false,
-        )
+        let parts = fixed.into_parts(vm, vcpus, devices, virtio_subscribers, buses);
+        Self::start(parts, false)
     }
 
     /// Builds the machine a snapshot saved: `config` is the snapshot's own
@@ -240,12 +252,12 @@ impl Machine {
             options.track_dirty_pages,
         )?;
         arch::restore_vm(vm.fd(), &state.vm, options.clock_realtime)?;
-        let fixed = fixed_devices(
+        let mut fixed = fixed_devices(
             &vm,
             console,
             Some((&state.devices.serial, &state.devices.legacy)),
         )?;
-        let mut buses = fixed.buses;
+        let mut buses = std::mem::take(&mut fixed.buses);
         // The guest booted long ago: this command line is never read.
         let mut cmdline = Cmdline::new(arch::CMDLINE_CAPACITY).map_err(MachineError::Cmdline)?;
         let mut virtio = VirtioAttacher::new(&vm, &mut buses.mmio, &mut cmdline);
@@ -266,22 +278,8 @@ impl Machine {
             .into_iter()
             .map(|(vcpu, _)| vcpu)
             .collect();
-        let mut subscribers = virtio_subscribers;
-        subscribers.extend(fixed.subscribers);
-        let mut machine = Self::start(
-            Parts {
-                vm,
-                vcpus,
-                serial: fixed.serial,
-                legacy: fixed.legacy,
-                devices,
-                subscribers,
-                buses,
-                panic_report: fixed.panic_report,
-                guest_signals: fixed.guest_signals,
-            },
-            true,
-        )?;
+        let parts = fixed.into_parts(vm, vcpus, devices, virtio_subscribers, buses);
+        let mut machine = Self::start(parts, true)?;
         machine.restore_vcpus(&state.vcpus)?;
         if options.resume {
             machine.resume();
