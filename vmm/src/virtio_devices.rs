@@ -124,6 +124,17 @@ fn lock<T: ?Sized>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl AttachedDevices {
+    /// Every device's window and interrupt line, for the boot tables.
+    pub fn slots(&self) -> Vec<arch::VirtioSlot> {
+        self.virtio
+            .iter()
+            .map(|d| arch::VirtioSlot {
+                base: d.mmio_base,
+                irq: d.irq,
+            })
+            .collect()
+    }
+
     /// Block devices with their drive ids.
     pub fn drives(&self) -> impl Iterator<Item = (&str, &Arc<Mutex<Block>>)> {
         self.virtio.iter().filter_map(|d| match &d.model {
@@ -360,7 +371,7 @@ impl<'a> VirtioAttacher<'a> {
             EventFd::new(EFD_NONBLOCK).map_err(|err| VirtioSetupError::Device(err.to_string()))?;
         self.vm
             .fd()
-            .register_irqfd(&irq_evt, irq)
+            .register_irqfd(&irq_evt, arch::irqfd_gsi(irq))
             .map_err(kvm("virtio irqfd"))?;
         let interrupt = Interrupt::new(EventFdTrigger::new(irq_evt));
         let memory = self.vm.memory().clone();
@@ -387,9 +398,11 @@ impl<'a> VirtioAttacher<'a> {
         self.mmio
             .insert(transport.clone(), base, MMIO_WINDOW_SIZE)
             .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
-        self.cmdline
-            .add_virtio_mmio_device(MMIO_WINDOW_SIZE, GuestAddress(base), irq, None)
-            .map_err(VirtioSetupError::Cmdline)?;
+        if arch::VIRTIO_ON_CMDLINE {
+            self.cmdline
+                .add_virtio_mmio_device(MMIO_WINDOW_SIZE, GuestAddress(base), irq, None)
+                .map_err(VirtioSetupError::Cmdline)?;
+        }
         self.subscribers.push(device.clone());
         self.devices.virtio.push(AttachedVirtio {
             id: id.to_owned(),

@@ -7,7 +7,7 @@
 
 use super::{open, Machine, MachineError, Payload};
 use crate::arch;
-use crate::config::{ConfigError, HostLimits, VmConfig};
+use crate::config::{ConfigError, HostLimits, MachineConfig, VmConfig};
 use crate::console::ConsoleInput;
 use crate::event_loop::{GuestSignal, GuestSignalWatcher, Subscriber};
 use crate::guest_ram::RamBacking;
@@ -20,6 +20,7 @@ use brique_devices::serial::{
     ConsoleOutput, GuestPanicReport, PanicWatcher, SerialConsole, SerialConsoleState,
 };
 use brique_devices::EventFdTrigger;
+use kvm_ioctls::VcpuFd;
 use linux_loader::cmdline::Cmdline;
 use std::fs::File;
 use std::sync::mpsc::{channel, Receiver};
@@ -29,6 +30,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// A machine built and not yet running: no thread of it started.
 pub(super) struct Parts {
     pub(super) vm: Vm,
+    pub(super) irqchip: arch::InterruptController,
     pub(super) vcpus: Vec<Vcpu>,
     pub(super) serial: Arc<Mutex<SerialConsole>>,
     pub(super) legacy: arch::LegacyDevices,
@@ -132,7 +134,7 @@ impl FixedDevices {
     /// The whole machine, from these devices and the rest.
     fn into_parts(
         self,
-        vm: Vm,
+        (vm, irqchip): (Vm, arch::InterruptController),
         vcpus: Vec<Vcpu>,
         devices: AttachedDevices,
         virtio_subscribers: Vec<Subscriber>,
@@ -142,6 +144,7 @@ impl FixedDevices {
         subscribers.extend(self.subscribers);
         Parts {
             vm,
+            irqchip,
             vcpus,
             serial: self.serial,
             legacy: self.legacy,
@@ -154,21 +157,48 @@ impl FixedDevices {
     }
 }
 
-/// Creates the VM's vCPUs (not configured).
+/// Creates the VM's vCPUs, each set up as a new vCPU of this VM, then the
+/// interrupt controller (which on some architectures needs every vCPU).
 fn create_vcpus(
     vm: &Vm,
-    count: u8,
-    buses: &Arc<IoBuses>,
-    template: &Arc<arch::VcpuTemplate>,
-) -> Result<Vec<(Vcpu, u8)>, MachineError> {
-    (0..count)
+    config: &MachineConfig,
+) -> Result<
+    (
+        Vec<VcpuFd>,
+        Arc<arch::VcpuTemplate>,
+        arch::InterruptController,
+    ),
+    MachineError,
+> {
+    let template = Arc::new(arch::VcpuTemplate::new(
+        vm.kvm(),
+        vm.fd(),
+        config.vcpu_count,
+        config.smt,
+    )?);
+    let fds = (0..config.vcpu_count)
         .map(|id| {
             let fd = vm
                 .fd()
                 .create_vcpu(u64::from(id))
                 .map_err(|source| MachineError::CreateVcpu { id, source })?;
-            Ok((Vcpu::new(id, fd, buses.clone(), template.clone()), id))
+            arch::init_vcpu(&fd, id, &template)?;
+            Ok(fd)
         })
+        .collect::<Result<Vec<_>, MachineError>>()?;
+    let irqchip = arch::create_interrupt_controller(vm.fd(), config.vcpu_count)?;
+    Ok((fds, template, irqchip))
+}
+
+/// The vCPUs, ready to run on `buses`.
+fn vcpus_on(
+    fds: Vec<VcpuFd>,
+    buses: &Arc<IoBuses>,
+    template: &Arc<arch::VcpuTemplate>,
+) -> Vec<Vcpu> {
+    fds.into_iter()
+        .zip(0u8..)
+        .map(|(fd, id)| Vcpu::new(id, fd, buses.clone(), template.clone()))
         .collect()
 }
 
@@ -194,6 +224,7 @@ impl Machine {
             RamBacking::Anonymous,
             machine_config.track_dirty_pages,
         )?;
+        let (vcpu_fds, template, irqchip) = create_vcpus(&vm, machine_config)?;
         let mut fixed = fixed_devices(&vm, console, None)?;
         let mut buses = std::mem::take(&mut fixed.buses);
 
@@ -212,24 +243,17 @@ impl Machine {
 
         // Guest payload and vCPU state.
         let entry = match payload {
-            Payload::Linux => load_linux(&vm, config, &cmdline)?,
+            Payload::Linux => load_linux(&vm, config, &cmdline, &devices.slots())?,
             #[cfg(target_arch = "x86_64")]
             Payload::BareCode(code) => arch::load_bare_code(vm.memory(), code)?,
             #[cfg(not(target_arch = "x86_64"))]
             Payload::_Unused(_) => return Err(MachineError::Unsupported("raw payloads")),
         };
-        let template = Arc::new(arch::VcpuTemplate::new(
-            vm.kvm(),
-            vm.fd(),
-            machine_config.vcpu_count,
-            machine_config.smt,
-        )?);
-        let mut vcpus = Vec::new();
-        for (vcpu, id) in create_vcpus(&vm, machine_config.vcpu_count, &buses, &template)? {
-            arch::configure_vcpu(vcpu.fd(), id, &template, entry)?;
-            vcpus.push(vcpu);
+        for (fd, id) in vcpu_fds.iter().zip(0u8..) {
+            arch::set_boot_registers(fd, id, entry)?;
         }
-        let parts = fixed.into_parts(vm, vcpus, devices, virtio_subscribers, buses);
+        let vcpus = vcpus_on(vcpu_fds, &buses, &template);
+        let parts = fixed.into_parts((vm, irqchip), vcpus, devices, virtio_subscribers, buses);
         Self::start(parts, false)
     }
 
@@ -251,7 +275,8 @@ impl Machine {
             RamBacking::File(memory_file),
             options.track_dirty_pages,
         )?;
-        arch::restore_vm(vm.fd(), &state.vm, options.clock_realtime)?;
+        let (vcpu_fds, template, irqchip) = create_vcpus(&vm, machine_config)?;
+        arch::restore_vm(vm.fd(), &irqchip, &state.vm, options.clock_realtime)?;
         let mut fixed = fixed_devices(
             &vm,
             console,
@@ -268,17 +293,8 @@ impl Machine {
         )?;
         let (virtio_subscribers, devices) = virtio.finish();
         let buses = Arc::new(buses);
-        let template = Arc::new(arch::VcpuTemplate::new(
-            vm.kvm(),
-            vm.fd(),
-            machine_config.vcpu_count,
-            machine_config.smt,
-        )?);
-        let vcpus = create_vcpus(&vm, machine_config.vcpu_count, &buses, &template)?
-            .into_iter()
-            .map(|(vcpu, _)| vcpu)
-            .collect();
-        let parts = fixed.into_parts(vm, vcpus, devices, virtio_subscribers, buses);
+        let vcpus = vcpus_on(vcpu_fds, &buses, &template);
+        let parts = fixed.into_parts((vm, irqchip), vcpus, devices, virtio_subscribers, buses);
         let mut machine = Self::start(parts, true)?;
         machine.restore_vcpus(&state.vcpus)?;
         if options.resume {
@@ -292,6 +308,7 @@ fn load_linux(
     vm: &Vm,
     config: &VmConfig,
     cmdline: &Cmdline,
+    virtio: &[arch::VirtioSlot],
 ) -> Result<arch::BootEntry, MachineError> {
     let boot = config
         .boot_source
@@ -305,5 +322,6 @@ fn load_linux(
         initrd.as_mut(),
         cmdline,
         config.machine_config.vcpu_count,
+        virtio,
     )?)
 }

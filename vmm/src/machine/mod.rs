@@ -231,6 +231,7 @@ pub struct Machine {
     event_loop: EventLoop,
     panic_report: GuestPanicReport,
     _buses: Arc<IoBuses>,
+    irqchip: arch::InterruptController,
     /// Last: the VM and its guest memory go after every device, bus and
     /// thread that uses them.
     vm: Vm,
@@ -286,6 +287,7 @@ impl Machine {
             event_loop,
             panic_report: parts.panic_report,
             _buses: parts.buses,
+            irqchip: parts.irqchip,
         };
         // Each thread joins the machine as it starts: should a later one fail
         // to start, dropping the machine stops and joins the earlier ones

@@ -40,7 +40,7 @@ impl Machine {
         // controllers and vCPUs saved next agree with them.
         self.devices.save_then(|virtio| {
             let vcpus = self.save_vcpus()?;
-            let vm = arch::save_vm(self.vm.fd())?;
+            let vm = arch::save_vm(self.vm.fd(), &self.irqchip)?;
             let serial = self
                 .serial
                 .lock()

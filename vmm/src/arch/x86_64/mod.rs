@@ -101,13 +101,15 @@ pub struct BootEntry {
 }
 
 /// Loads kernel and initrd, writes the command line, boot_params, MP table,
-/// GDT and page tables into guest memory.
+/// GDT and page tables into guest memory. (The virtio devices are on the
+/// command line already.)
 pub fn load_guest(
     mem: &GuestMemoryMmap,
     kernel: &mut File,
     initrd: Option<&mut File>,
     cmdline: &linux_loader::cmdline::Cmdline,
     vcpu_count: u8,
+    _virtio: &[VirtioSlot],
 ) -> Result<BootEntry, ArchError> {
     let loaded = linux_boot::load_kernel(mem, kernel)?;
     let initrd = initrd
@@ -124,6 +126,15 @@ pub fn load_guest(
     Ok(BootEntry {
         entry: loaded.entry,
     })
+}
+
+/// A virtio-mmio device's window and interrupt line, for the boot tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioSlot {
+    /// MMIO window base.
+    pub base: u64,
+    /// Guest interrupt line.
+    pub irq: u32,
 }
 
 /// Where [`load_bare_code`] puts its code.
@@ -193,14 +204,9 @@ impl VcpuTemplate {
     }
 }
 
-/// Sets up vCPU `id`: CPUID, MSRs, LAPIC LINTs; the boot vCPU (0) also gets
-/// the 64-bit entry state. The others wait for the guest's INIT/SIPI.
-pub fn configure_vcpu(
-    vcpu: &VcpuFd,
-    id: u8,
-    template: &VcpuTemplate,
-    boot: BootEntry,
-) -> Result<(), ArchError> {
+/// Sets up a new vCPU `id`: CPUID, MSRs, LAPIC LINTs (before the devices
+/// are attached; a restore then overwrites it all with the saved state).
+pub fn init_vcpu(vcpu: &VcpuFd, id: u8, template: &VcpuTemplate) -> Result<(), ArchError> {
     let mut cpuid = template.supported_cpuid.clone();
     cpuid::normalize(
         cpuid.as_mut_slice(),
@@ -225,7 +231,12 @@ pub fn configure_vcpu(
     let mut lapic = vcpu.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
     interrupts::set_lint(&mut lapic);
     vcpu.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
+    Ok(())
+}
 
+/// Gives the boot vCPU (0) the 64-bit entry state; the others wait for
+/// the guest's INIT/SIPI.
+pub fn set_boot_registers(vcpu: &VcpuFd, id: u8, boot: BootEntry) -> Result<(), ArchError> {
     if id == 0 {
         let sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
         vcpu.set_sregs(&regs::long_mode_sregs(sregs))
@@ -237,6 +248,29 @@ pub fn configure_vcpu(
     }
     Ok(())
 }
+
+/// The in-kernel interrupt controllers: on x86_64 created with the VM
+/// (`setup_vm`), so nothing is left to hold here.
+#[derive(Debug)]
+pub struct InterruptController;
+
+/// Creates the interrupt controller once the vCPUs exist (nothing to do on
+/// x86_64: the PIC and IOAPIC come with the VM, the LAPICs with the vCPUs).
+pub fn create_interrupt_controller(
+    _vm: &VmFd,
+    _vcpu_count: u8,
+) -> Result<InterruptController, ArchError> {
+    Ok(InterruptController)
+}
+
+/// The KVM irqfd GSI of guest interrupt line `irq`: the IOAPIC pin itself.
+pub fn irqfd_gsi(irq: u32) -> u32 {
+    irq
+}
+
+/// Whether virtio-mmio devices are announced on the kernel command line
+/// (x86_64 has no device tree).
+pub const VIRTIO_ON_CMDLINE: bool = true;
 
 /// Legacy devices of a PC: their port I/O windows and interrupt lines.
 pub mod legacy {

@@ -1,7 +1,7 @@
 //! The VM-wide state KVM holds on x86_64: the two PICs, the IOAPIC, the
 //! PIT and kvmclock.
 
-use super::{kvm_err, ArchError};
+use super::{kvm_err, ArchError, InterruptController};
 use kvm_bindings::{
     kvm_clock_data, kvm_irqchip, kvm_pit_state2, KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC,
     KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
@@ -46,7 +46,7 @@ fn irqchip(vm: &VmFd, chip_id: u32) -> Result<kvm_irqchip, ArchError> {
 }
 
 /// Reads the VM's state (its vCPUs paused).
-pub fn save_vm(vm: &VmFd) -> Result<VmState, ArchError> {
+pub fn save_vm(vm: &VmFd, _irqchip: &InterruptController) -> Result<VmState, ArchError> {
     Ok(VmState {
         pic_master: irqchip(vm, KVM_IRQCHIP_PIC_MASTER)?,
         pic_slave: irqchip(vm, KVM_IRQCHIP_PIC_SLAVE)?,
@@ -73,7 +73,12 @@ pub fn clock_to_set(saved: &kvm_clock_data, realtime: bool) -> kvm_clock_data {
 
 /// Puts a saved state into a new VM (after `setup_vm`, before its vCPUs
 /// run); `clock_realtime` as for [`clock_to_set`].
-pub fn restore_vm(vm: &VmFd, state: &VmState, clock_realtime: bool) -> Result<(), ArchError> {
+pub fn restore_vm(
+    vm: &VmFd,
+    _irqchip: &InterruptController,
+    state: &VmState,
+    clock_realtime: bool,
+) -> Result<(), ArchError> {
     let chips = [
         (KVM_IRQCHIP_PIC_MASTER, &state.pic_master),
         (KVM_IRQCHIP_PIC_SLAVE, &state.pic_slave),
