@@ -60,10 +60,19 @@ run_step "format and lints" lints
 
 run_step "release build (the binary the test host runs)" cargo build --release --workspace
 
-# Its own target dir: another rustc would invalidate the host build.
-run_step "aarch64 cross-build" env RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/cross \
-    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
-    cargo build --target aarch64-unknown-linux-gnu --workspace --all-targets
+# Its own target dir: another rustc would invalidate the host build. The
+# arm64 binaries are static (+crt-static): the test host needs no libraries,
+# and qemu-user runs them (dynamically linked arm64 binaries with threads hang
+# under this machine's qemu-user).
+aarch64_cargo() {
+    env RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/cross \
+        CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+        CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
+        CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64-static \
+        cargo "$@" --target aarch64-unknown-linux-gnu
+}
+run_step "aarch64 cross-build" aarch64_cargo build --workspace --all-targets
+run_step "aarch64 unit tests (qemu-user)" aarch64_cargo test -p brique-vmm -p brique-devices --lib
 
 test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT

@@ -375,6 +375,16 @@ fn refused_snapshot_requests_change_nothing() {
         &load_body(&snapshot, &memory, true),
     );
     assert!(fresh.guest_runs(Duration::from_secs(5)));
+    // It runs from that memory file: a snapshot may not overwrite it.
+    pause(&mut fresh);
+    fresh.refused(
+        "PUT",
+        "/snapshot/create",
+        &format!(r#"{{"snapshot_path": "{snapshot}.again", "mem_file_path": "{memory}"}}"#),
+        "restored from and runs on",
+    );
+    fresh.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    assert!(fresh.guest_runs(Duration::from_secs(5)));
 
     // A load after configuring boot resources.
     let mut configured = Brique::start("snap-refusals-configured", &[]);

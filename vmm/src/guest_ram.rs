@@ -249,6 +249,16 @@ mod tests {
         None
     }
 
+    /// Whether a mapping advised MADV_HUGEPAGE here shows `hg` in smaps
+    /// (not under qemu-user, which accepts the advice and drops it).
+    fn madvise_shows_in_smaps() -> bool {
+        let len = 2 * HUGE_PAGE_SIZE;
+        let mapping = map_aligned(len).expect("a test mapping");
+        advise_huge_pages(mapping.addr, mapping.len);
+        vm_flags_of_mapping_at(mapping.addr)
+            .is_some_and(|flags| flags.split_whitespace().any(|flag| flag == "hg"))
+    }
+
     #[test]
     fn the_aligned_part_stays_inside_the_reservation() {
         for start in [0x20_0000, 0x20_1000, 0x3f_f000] {
@@ -269,6 +279,13 @@ mod tests {
         )
         .expect("guest RAM");
         assert_eq!(ram.mappings.len(), 2);
+        let kernel_shows_advice = madvise_shows_in_smaps();
+        if !kernel_shows_advice {
+            eprintln!(
+                "\n*** SKIPPED: this kernel (or emulator, e.g. qemu-user) does not show \
+                 MADV_HUGEPAGE in smaps; only the alignment is checked ***\n"
+            );
+        }
         for region in memory.iter() {
             let addr = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -277,7 +294,7 @@ mod tests {
             let flags = vm_flags_of_mapping_at(addr).expect("mapping in /proc/self/smaps");
             // "hg": MADV_HUGEPAGE applies to the mapping.
             assert!(
-                flags.split_whitespace().any(|flag| flag == "hg"),
+                !kernel_shows_advice || flags.split_whitespace().any(|flag| flag == "hg"),
                 "VmFlags {flags}"
             );
         }

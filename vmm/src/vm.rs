@@ -5,6 +5,7 @@ use crate::guest_ram::{map_guest_ram, GuestRam, RamBacking};
 use brique_devices::GuestMemoryMmap;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::{Kvm, VmFd};
+use std::os::unix::fs::MetadataExt;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
 /// Errors creating the VM.
@@ -49,6 +50,9 @@ pub struct Vm {
     fd: VmFd,
     memory: GuestMemoryMmap,
     track_dirty_pages: bool,
+    anonymous: bool,
+    /// The memory file RAM was mapped from (device, inode), if any.
+    backing_file: Option<(u64, u64)>,
     _ram: GuestRam,
 }
 
@@ -102,8 +106,24 @@ impl Vm {
             fd,
             memory,
             track_dirty_pages,
+            anonymous: matches!(backing, RamBacking::Anonymous),
+            backing_file: match backing {
+                RamBacking::File(file) => file.metadata().ok().map(|m| (m.dev(), m.ino())),
+                RamBacking::Anonymous => None,
+            },
             _ram: ram,
         })
+    }
+
+    /// Whether `path` is the memory file guest RAM is mapped from.
+    pub fn runs_from(&self, path: &std::path::Path) -> bool {
+        let file = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+        file.is_some() && file == self.backing_file
+    }
+
+    /// Whether guest RAM is anonymous memory (not a mapped memory file).
+    pub fn ram_is_anonymous(&self) -> bool {
+        self.anonymous
     }
 
     /// Whether KVM logs the pages the guest writes.

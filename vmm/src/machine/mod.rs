@@ -1,11 +1,10 @@
 //! A running microVM: guest memory and KVM VM, its vCPU threads, its
 //! devices and the device event loop; and how it ends.
 
-mod build;
+pub(crate) mod build;
 mod snapshot;
 
 pub use build::RestoreOptions;
-pub(crate) use build::{clone_evt, eventfd};
 
 use crate::arch;
 use crate::config::ConfigError;

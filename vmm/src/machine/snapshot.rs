@@ -35,12 +35,20 @@ impl Machine {
             )
             .into());
         }
+        if self.vm.runs_from(&params.mem_file_path) {
+            return Err(SnapshotError::Unfit(format!(
+                "{} is the memory file this microVM was restored from and runs on: \
+                 write the snapshot's memory elsewhere",
+                params.mem_file_path.display()
+            ))
+            .into());
+        }
         // Devices first: while their locks are held the device event loop
         // neither changes them nor raises interrupts, so the interrupt
         // controllers and vCPUs saved next agree with them.
         self.devices.save_then(|virtio| {
             let vcpus = self.save_vcpus()?;
-            let vm = arch::save_vm(self.vm.fd(), &self.irqchip)?;
+            let vm = arch::save_vm(self.vm.fd(), &self.irqchip, &vcpus)?;
             let serial = self
                 .serial
                 .lock()
@@ -75,7 +83,12 @@ impl Machine {
                 self.vm.clear_device_dirty_pages();
                 memory::Pages::All
             };
-            let written = memory::write(self.vm.memory(), &params.mem_file_path, &pages);
+            let written = memory::write(
+                self.vm.memory(),
+                &params.mem_file_path,
+                &pages,
+                self.vm.ram_is_anonymous(),
+            );
             if let Err(err) = written {
                 let _ = std::fs::remove_file(&params.snapshot_path);
                 if let memory::Pages::Dirty(bitmaps) = &pages {

@@ -31,7 +31,15 @@ pub fn total_size(memory: &GuestMemoryMmap) -> u64 {
 /// Writes `pages` of `memory` into the memory file at `path`. For
 /// [`Pages::All`] the file is made anew; for dirty pages it is opened as
 /// it is (created if missing) and only grown to the guest's size.
-pub fn write(memory: &GuestMemoryMmap, path: &Path, pages: &Pages) -> Result<(), SnapshotError> {
+/// `anonymous` says guest RAM is anonymous memory (not a restored memory
+/// file): then pages the guest never touched are known from the page map
+/// and not even read.
+pub fn write(
+    memory: &GuestMemoryMmap,
+    path: &Path,
+    pages: &Pages,
+    anonymous: bool,
+) -> Result<(), SnapshotError> {
     let io_error = |source| SnapshotError::Io {
         what: "write the memory file",
         path: path.to_owned(),
@@ -51,8 +59,14 @@ pub fn write(memory: &GuestMemoryMmap, path: &Path, pages: &Pages) -> Result<(),
     let mut file_offset = 0u64;
     for (index, region) in memory.iter().enumerate() {
         let pages_in_region = region.len() as usize / PAGE_SIZE;
+        let touched = match (pages, anonymous) {
+            (Pages::All, true) => Some(touched_pages(region).map_err(io_error)?),
+            _ => None,
+        };
         let wanted = |page: usize| match pages {
-            Pages::All => true,
+            Pages::All => touched
+                .as_ref()
+                .is_none_or(|touched| touched.get(page).copied().unwrap_or(true)),
             Pages::Dirty(bitmaps) => bitmaps
                 .get(index)
                 .and_then(|bitmap| bitmap.get(page / 64))
@@ -86,7 +100,7 @@ fn write_region_pages(
     while page < pages {
         let keep = |page: usize| {
             let contents = &bytes[page * PAGE_SIZE..(page + 1) * PAGE_SIZE];
-            wanted(page) && !(skip_zero_pages && contents.iter().all(|&b| b == 0))
+            wanted(page) && !(skip_zero_pages && is_zero(contents))
         };
         if !keep(page) {
             page += 1;
@@ -100,6 +114,36 @@ fn write_region_pages(
         file.write_all_at(run, file_offset + (start * PAGE_SIZE) as u64)?;
     }
     Ok(())
+}
+
+/// Whether a page holds only zeros (compared 16 bytes at a time).
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(16)
+        .all(|chunk| u128::from_ne_bytes(chunk.try_into().unwrap_or([1; 16])) == 0)
+}
+
+/// Page-map bits: the page is in memory, or swapped out.
+const PAGEMAP_PRESENT: u64 = 1 << 63;
+const PAGEMAP_SWAPPED: u64 = 1 << 62;
+
+/// For each page of an anonymous region, whether the guest (or brique)
+/// ever touched it: a page neither present nor swapped out was never
+/// written and reads as zeros. From /proc/self/pagemap.
+fn touched_pages(region: &brique_devices::GuestRegionMmap) -> std::io::Result<Vec<bool>> {
+    let host = region
+        .get_host_address(MemoryRegionAddress(0))
+        .map_err(|err| std::io::Error::other(err.to_string()))? as u64;
+    let pages = region.len() as usize / PAGE_SIZE;
+    let pagemap = File::open("/proc/self/pagemap")?;
+    let mut entries = vec![0u8; pages * 8];
+    pagemap.read_exact_at(&mut entries, host / PAGE_SIZE as u64 * 8)?;
+    Ok(entries
+        .chunks_exact(8)
+        .map(|entry| {
+            let entry = u64::from_le_bytes(entry.try_into().unwrap_or([0xff; 8]));
+            entry & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED) != 0
+        })
+        .collect())
 }
 
 /// Opens a memory file for a restore: it must hold `needed` bytes.
@@ -154,7 +198,7 @@ mod tests {
             .write_obj(0x22u8, GuestAddress((1 << 20) + 0x2005))
             .unwrap();
         let path = scratch("full.mem");
-        write(&memory, &path, &Pages::All).unwrap();
+        write(&memory, &path, &Pages::All, true).unwrap();
         let contents = std::fs::read(&path).unwrap();
         assert_eq!(contents.len(), 96 * 1024);
         assert_eq!(contents[0x1000], 0x11);
@@ -169,7 +213,7 @@ mod tests {
         memory.write_obj(0x11u8, GuestAddress(0x1000)).unwrap();
         memory.write_obj(0x33u8, GuestAddress(0x3000)).unwrap();
         let full = scratch("base.mem");
-        write(&memory, &full, &Pages::All).unwrap();
+        write(&memory, &full, &Pages::All, true).unwrap();
         // Later: page 1 changes, page 3 becomes zeros, page 5 of region 1 is new.
         memory.write_obj(0x44u8, GuestAddress(0x1000)).unwrap();
         memory.write_obj(0u8, GuestAddress(0x3000)).unwrap();
@@ -179,9 +223,9 @@ mod tests {
         let diff = scratch("diff.mem");
         std::fs::copy(&full, &diff).unwrap();
         let dirty = Pages::Dirty(vec![vec![(1 << 1) | (1 << 3)], vec![1 << 5]]);
-        write(&memory, &diff, &dirty).unwrap();
+        write(&memory, &diff, &dirty, true).unwrap();
         let later = scratch("later-full.mem");
-        write(&memory, &later, &Pages::All).unwrap();
+        write(&memory, &later, &Pages::All, false).unwrap();
         assert_eq!(
             std::fs::read(&diff).unwrap(),
             std::fs::read(&later).unwrap()

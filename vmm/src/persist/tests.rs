@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::config::{DriveConfig, MachineConfig, NetworkInterfaceConfig};
-use brique_devices::i8042::{I8042State, PendingWrite};
 use brique_devices::virtio::state::{InterruptState, SavedQueue};
 
 fn limits() -> HostLimits {
@@ -16,7 +15,7 @@ pub(crate) fn sample_state() -> MicrovmState {
 }
 
 fn sample() -> MicrovmState {
-    let (vm, vcpu) = arch::sample_states();
+    let (vm, vcpu, legacy) = arch::sample_states();
     let config = VmConfig {
         machine_config: MachineConfig {
             vcpu_count: 2,
@@ -77,7 +76,7 @@ fn sample() -> MicrovmState {
                 scratch: 0,
                 receive_fifo: b"ls\n".to_vec(),
             },
-            legacy: sample_legacy(),
+            legacy,
             virtio: vec![
                 VirtioDeviceState {
                     id: "root".to_owned(),
@@ -102,21 +101,6 @@ fn sample() -> MicrovmState {
         },
         config,
     }
-}
-
-fn sample_legacy() -> arch::LegacyState {
-    // The x86_64 legacy state is the i8042's; elsewhere it is empty JSON.
-    serde_json::from_value(serde_json::json!({
-        "i8042": I8042State {
-            ctr: 0x47,
-            status: 0x14,
-            output: vec![0xfa],
-            pending: PendingWrite::None,
-            keyboard_bytes: 0,
-        }
-    }))
-    .or_else(|_| serde_json::from_value(serde_json::json!({})))
-    .unwrap()
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! port I/O with their ISA interrupts, and the i8042's saved state.
 
 use super::legacy::*;
-use crate::machine::{clone_evt, eventfd, MachineError};
+use crate::machine::build::{clone_evt, eventfd};
+use crate::machine::MachineError;
 use crate::vcpu::IoBuses;
 use crate::vm::Vm;
 use brique_devices::i8042::{I8042State, I8042};

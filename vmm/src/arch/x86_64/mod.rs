@@ -24,10 +24,24 @@ pub use layout::{ram_ranges, MAX_GUEST_MEM_MIB, MMIO_DEVICES_START};
 pub use vcpu_state::{restore_vcpu, save_vcpu, vcpu_paused, VcpuState};
 pub use vm_state::{restore_vm, save_vm, VmState};
 
-/// Plausible saved VM and vCPU states, for tests of what contains them.
+/// Plausible saved VM, vCPU and fixed-device states, for tests of what
+/// contains them.
 #[cfg(test)]
-pub fn sample_states() -> (VmState, VcpuState) {
-    (vm_state::tests::sample(), vcpu_state::tests::sample())
+pub fn sample_states() -> (VmState, VcpuState, LegacyState) {
+    let legacy = LegacyState {
+        i8042: brique_devices::i8042::I8042State {
+            ctr: 0x47,
+            status: 0x14,
+            output: vec![0xfa],
+            pending: brique_devices::i8042::PendingWrite::None,
+            keyboard_bytes: 0,
+        },
+    };
+    (
+        vm_state::tests::sample(),
+        vcpu_state::tests::sample(),
+        legacy,
+    )
 }
 
 /// The architecture snapshots are taken on (a snapshot loads only here).

@@ -45,8 +45,12 @@ fn irqchip(vm: &VmFd, chip_id: u32) -> Result<kvm_irqchip, ArchError> {
     Ok(chip)
 }
 
-/// Reads the VM's state (its vCPUs paused).
-pub fn save_vm(vm: &VmFd, _irqchip: &InterruptController) -> Result<VmState, ArchError> {
+/// Reads the VM's state (its vCPUs paused and saved).
+pub fn save_vm(
+    vm: &VmFd,
+    _irqchip: &InterruptController,
+    _vcpus: &[super::VcpuState],
+) -> Result<VmState, ArchError> {
     Ok(VmState {
         pic_master: irqchip(vm, KVM_IRQCHIP_PIC_MASTER)?,
         pic_slave: irqchip(vm, KVM_IRQCHIP_PIC_SLAVE)?,
