@@ -4,11 +4,13 @@
 //!
 //! `brique-bench boot` runs where KVM can boot Linux: inside the test host
 //! (`resources/bench-boot.sh` does that). `brique-bench api` runs on any
-//! /dev/kvm (`resources/bench-api.sh`).
+//! /dev/kvm (`resources/bench-api.sh`). `brique-bench snapshot` runs in
+//! the test host too (`resources/bench-snapshot.sh`).
 
 mod api;
 mod boot;
 mod smaps;
+mod snapshot;
 mod stability;
 mod stats;
 
@@ -123,6 +125,9 @@ enum Bench {
         #[command(flatten)]
         vmms: Vmms,
     },
+    /// Snapshot create and restore (load request to the guest running
+    /// again), brique vs QEMU microvm's migration to a file.
+    Snapshot(snapshot::Options),
 }
 
 fn main() -> ExitCode {
@@ -140,6 +145,7 @@ fn main() -> ExitCode {
             kvm_trace.as_ref(),
         )),
         Bench::Api { iterations, vmms } => report(run_api(iterations, &vmms)),
+        Bench::Snapshot(options) => report(snapshot::run(&options)),
         Bench::Boot {
             runs,
             vmms,
