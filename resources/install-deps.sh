@@ -2,7 +2,11 @@
 # Installs every system package brique needs to build, test and benchmark on a
 # fresh Debian 12 machine (run as root, or with sudo available).
 #   --aarch64   also install the Debian rustc-web toolchain with the arm64 std
-#               (cross-build check of the aarch64 arch code) and qemu-user.
+#               (cross-build check of the aarch64 arch code), qemu-user, and
+#               what the arm64 guest kernel, userland and test host need: the
+#               cross gcc, qemu-system-arm (also from bookworm-backports) and
+#               dpkg's arm64 architecture (for Debian's arm64 packages; added
+#               with the first install, which libstd-rust-web-dev:arm64 needs).
 # Idempotent: packages already present are skipped quickly.
 #
 # It never removes a package the machine has. QEMU (the test host and the
@@ -38,8 +42,9 @@ packages=(
     curl
 )
 if [ "$want_aarch64" = 1 ]; then
+    backports_packages+=(qemu-system-arm)
     packages+=(rustc-web cargo-web "libstd-rust-web-dev:arm64" gcc-aarch64-linux-gnu
-        libc6-dev-arm64-cross qemu-user-static)
+        libc6-dev-arm64-cross qemu-user-static qemu-system-arm)
 fi
 
 installed_version() {

@@ -3,17 +3,22 @@
 # CPU (TCG), which emulates AMD SVM and so gives a genuine nested KVM that
 # can boot real Linux guests (this machine's own /dev/kvm cannot). Runs CMD
 # inside it, streams its console to stdout and exits with CMD's status.
+# With --arch aarch64, the arm64 test host instead (below).
 #
 # Usage: resources/testhost.sh [options] -- CMD...
+#   --arch ARCH     x86_64 (default) or aarch64
 #   --with DIR      copy DIR's files into the test host (at /brique/with)
-#   --with-qemu     also copy QEMU (the benchmark peer) and its firmware
+#   --with-qemu     also copy QEMU (the benchmark peer) and its firmware (x86_64 only)
 #   --smp N         test host CPUs (default 2)
-#   --cpu MODEL     QEMU CPU model of the test host (default: $BRIQUE_TESTHOST_CPU, else max)
+#   --cpu MODEL     QEMU CPU model of the test host (default: $BRIQUE_TESTHOST_CPU,
+#                   else max; aarch64: $BRIQUE_TESTHOST_AARCH64_CPU, else
+#                   max,pauth-impdef=on, 4 times as fast as plain max under TCG)
 #   --mem MIB       test host memory (default 3072)
 #   --timeout SECS  kill the test host after SECS (default 900); exit 124
 #   --log FILE      also keep the console in FILE
 # For experiments with the emulator itself: BRIQUE_TESTHOST_QEMU names another
-# qemu-system-x86_64 for the test host, BRIQUE_TESTHOST_QEMU_DATADIR its -L.
+# qemu-system-x86_64 for the test host, BRIQUE_TESTHOST_QEMU_DATADIR its -L
+# (BRIQUE_TESTHOST_AARCH64_QEMU another qemu-system-aarch64).
 #
 # Inside the test host (a busybox userland plus debugfs, root, /dev/kvm):
 #   /brique/bin/brique            target/release/brique (libraries in /lib*)
@@ -24,16 +29,28 @@
 #   /tmp                          tmpfs scratch space
 # and in CMD's environment: BRIQUE, GUEST_VMLINUX, GUEST_BZIMAGE,
 # GUEST_INITRAMFS, GUEST_ROOTFS (and QEMU, QEMU_DATADIR with --with-qemu).
+#
+# --arch aarch64: Debian's cloud-arm64 kernel (KVM built in) under
+# qemu-system-aarch64 -M virt,virtualization=on,gic-version=3 (emulated EL2,
+# so a genuine nested KVM; GICv3 only: KVM offers no GICv2 there), console
+# on ttyAMA0. Inside it (the same layout, all arm64: busybox, curl, debugfs):
+#   /brique/bin/brique            $BRIQUE_BIN, else the newer of
+#                    target/cross/aarch64-unknown-linux-gnu/release/brique and
+#                    target/aarch64-unknown-linux-gnu/release/brique; best
+#                    static (-C target-feature=+crt-static), else it may need
+#                    no more than libc, libm and libgcc_s (there in /lib*)
+#   /brique/artifacts/Image       arm64 guest kernel; also initramfs.cpio.gz,
+#                    rootfs.ext4 (build-artifacts.sh --aarch64-only)
+# and in CMD's environment: BRIQUE, GUEST_IMAGE, GUEST_INITRAMFS, GUEST_ROOTFS.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 with_dir="" with_qemu=0 smp=2 mem=3072 timeout_secs=900 keep_log=""
-cpu="${BRIQUE_TESTHOST_CPU:-max}"
-testhost_qemu=("${BRIQUE_TESTHOST_QEMU:-qemu-system-x86_64}")
-[ -n "${BRIQUE_TESTHOST_QEMU_DATADIR:-}" ] && testhost_qemu+=(-L "$BRIQUE_TESTHOST_QEMU_DATADIR")
+arch=x86_64 cpu=""
 while [ $# -gt 0 ]; do
     case "$1" in
+        --arch) arch="$2"; shift 2 ;;
         --with) with_dir="$(cd "$2" && pwd)"; shift 2 ;;
         --with-qemu) with_qemu=1; shift ;;
         --smp) smp="$2"; shift 2 ;;
@@ -47,11 +64,46 @@ while [ $# -gt 0 ]; do
 done
 [ $# -gt 0 ] || { echo "testhost.sh: no command given after --" >&2; exit 2; }
 
-brique_bin="${BRIQUE_BIN:-$repo/target/release/brique}"
-[ -x "$brique_bin" ] || {
-    echo "testhost.sh: $brique_bin not found: run 'cargo build --release' first" >&2; exit 2; }
-
-eval "$("$here/build-artifacts.sh")"
+case "$arch" in
+    x86_64)
+        cpu="${cpu:-${BRIQUE_TESTHOST_CPU:-max}}"
+        testhost_qemu=("${BRIQUE_TESTHOST_QEMU:-qemu-system-x86_64}")
+        [ -n "${BRIQUE_TESTHOST_QEMU_DATADIR:-}" ] && testhost_qemu+=(-L "$BRIQUE_TESTHOST_QEMU_DATADIR")
+        machine=(-M q35) console=ttyS0
+        brique_bin="${BRIQUE_BIN:-$repo/target/release/brique}"
+        [ -x "$brique_bin" ] || {
+            echo "testhost.sh: $brique_bin not found: run 'cargo build --release' first" >&2; exit 2; }
+        eval "$("$here/build-artifacts.sh")"
+        testhost_kernel="$TESTHOST_KERNEL"
+        ;;
+    aarch64)
+        cpu="${cpu:-${BRIQUE_TESTHOST_AARCH64_CPU:-max,pauth-impdef=on}}"
+        testhost_qemu=("${BRIQUE_TESTHOST_AARCH64_QEMU:-qemu-system-aarch64}")
+        machine=(-M virt,virtualization=on,gic-version=3) console=ttyAMA0
+        [ "$with_qemu" = 0 ] || { echo "testhost.sh: --with-qemu is x86_64 only" >&2; exit 2; }
+        brique_bin="${BRIQUE_BIN:-}"
+        if [ -z "$brique_bin" ]; then
+            for candidate in "$repo"/target/{cross/,}aarch64-unknown-linux-gnu/release/brique; do
+                if [ -x "$candidate" ] && { [ -z "$brique_bin" ] || [ "$candidate" -nt "$brique_bin" ]; }; then
+                    brique_bin="$candidate"
+                fi
+            done
+        fi
+        if [ -z "$brique_bin" ] || [ ! -x "$brique_bin" ]; then
+            echo "testhost.sh: no arm64 brique (${brique_bin:-target/cross/aarch64-unknown-linux-gnu/release/brique}): build it with" \
+                "RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/cross" \
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc" \
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static'" \
+                "cargo build --release --target aarch64-unknown-linux-gnu -p brique-api" >&2
+            exit 2
+        fi
+        readelf -h "$brique_bin" 2>/dev/null | grep -q 'Machine:.*AArch64' || {
+            echo "testhost.sh: $brique_bin is not an arm64 program" >&2; exit 2; }
+        eval "$("$here/build-artifacts.sh" --aarch64-only)"
+        testhost_kernel="$TESTHOST_AARCH64_KERNEL"
+        ;;
+    *) echo "testhost.sh: --arch is x86_64 or aarch64, not $arch" >&2; exit 2 ;;
+esac
 
 stage="$(mktemp -d)"
 work="$(mktemp -d)"
@@ -69,15 +121,30 @@ copy_with_libs() {
 }
 
 mkdir -p "$stage"/{bin,sbin,dev,proc,sys,tmp,run,etc,lib/modules,brique/{bin,artifacts,with}}
-cp /bin/busybox "$stage/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [ -e "$stage/bin/$applet" ] || ln -s busybox "$stage/bin/$applet"
-done
-cp "$TESTHOST_MODULES"/*.ko "$stage/lib/modules/"
-copy_with_libs "$brique_bin" /brique/bin/brique
-copy_with_libs "$(command -v debugfs)" /bin/debugfs
-copy_with_libs "$(command -v curl)" /bin/curl
-cp "$GUEST_VMLINUX" "$GUEST_BZIMAGE" "$GUEST_INITRAMFS" "$GUEST_ROOTFS" "$stage/brique/artifacts/"
+if [ "$arch" = x86_64 ]; then
+    cp /bin/busybox "$stage/bin/busybox"
+    for applet in $(/bin/busybox --list); do
+        [ -e "$stage/bin/$applet" ] || ln -s busybox "$stage/bin/$applet"
+    done
+    cp "$TESTHOST_MODULES"/*.ko "$stage/lib/modules/"
+    copy_with_libs "$brique_bin" /brique/bin/brique
+    copy_with_libs "$(command -v debugfs)" /bin/debugfs
+    copy_with_libs "$(command -v curl)" /bin/curl
+    cp "$GUEST_VMLINUX" "$GUEST_BZIMAGE" "$GUEST_INITRAMFS" "$GUEST_ROOTFS" "$stage/brique/artifacts/"
+else
+    # busybox, curl, debugfs and the arm64 libraries they need, as a root tree.
+    cp -a "$TESTHOST_AARCH64_USERLAND/." "$stage/"
+    rm -f "$stage/.complete"
+    cp "$TESTHOST_AARCH64_MODULES"/*.ko "$stage/lib/modules/"
+    cp "$brique_bin" "$stage/brique/bin/brique"
+    for lib in $(readelf -d "$brique_bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p'); do
+        [ -e "$stage/lib/aarch64-linux-gnu/$lib" ] || [ -e "$stage/usr/lib/aarch64-linux-gnu/$lib" ] || {
+            echo "testhost.sh: $brique_bin needs $lib, which the arm64 test host lacks:" \
+                "link it statically (-C target-feature=+crt-static)" >&2; exit 2; }
+    done
+    cp "$GUEST_AARCH64_IMAGE" "$stage/brique/artifacts/Image"
+    cp "$GUEST_AARCH64_INITRAMFS" "$GUEST_AARCH64_ROOTFS" "$stage/brique/artifacts/"
+fi
 if [ -n "$with_dir" ]; then cp -a "$with_dir/." "$stage/brique/with/"; fi
 if [ "$with_qemu" = 1 ]; then
     copy_with_libs /usr/bin/qemu-system-x86_64 /brique/qemu/bin/qemu-system-x86_64
@@ -90,9 +157,15 @@ fi
 {
     printf '#!/bin/sh\n'
     printf 'export BRIQUE=/brique/bin/brique\n'
-    for name in GUEST_VMLINUX GUEST_BZIMAGE GUEST_INITRAMFS GUEST_ROOTFS; do
-        printf 'export %s=/brique/artifacts/%s\n' "$name" "$(basename "${!name}")"
-    done
+    if [ "$arch" = x86_64 ]; then
+        for name in GUEST_VMLINUX GUEST_BZIMAGE GUEST_INITRAMFS GUEST_ROOTFS; do
+            printf 'export %s=/brique/artifacts/%s\n' "$name" "$(basename "${!name}")"
+        done
+    else
+        printf 'export GUEST_IMAGE=/brique/artifacts/Image\n'
+        printf 'export GUEST_INITRAMFS=/brique/artifacts/%s\n' "$(basename "$GUEST_AARCH64_INITRAMFS")"
+        printf 'export GUEST_ROOTFS=/brique/artifacts/%s\n' "$(basename "$GUEST_AARCH64_ROOTFS")"
+    fi
     if [ "$with_qemu" = 1 ]; then
         printf 'export QEMU=/brique/qemu/bin/qemu-system-x86_64 QEMU_DATADIR=/brique/qemu/share\n'
     fi
@@ -109,9 +182,20 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
+INIT
+if [ "$arch" = x86_64 ]; then
+    cat >> "$stage/init" <<'INIT'
 for m in irqbypass kvm; do insmod /lib/modules/$m.ko || echo "testhost: insmod $m failed"; done
 if grep -qw svm /proc/cpuinfo; then insmod /lib/modules/kvm-amd.ko; else insmod /lib/modules/kvm-intel.ko; fi
 for m in tun llc stp bridge; do insmod /lib/modules/$m.ko 2>/dev/null; done
+INIT
+else
+    cat >> "$stage/init" <<'INIT'
+# KVM is built into the cloud-arm64 kernel; taps and the bridge are modules.
+for m in tun llc stp bridge; do insmod /lib/modules/$m.ko 2>/dev/null; done
+INIT
+fi
+cat >> "$stage/init" <<'INIT'
 # No page of a running guest is moved behind KVM's back: QEMU's software CPU
 # (L0) loses track of a guest page that the test host's kernel migrates or
 # collapses into a huge page while KVM runs on it (the guest then reads page
@@ -185,9 +269,9 @@ accel="tcg"
 watchdog=$!
 set +e
 timeout --foreground -k 10 "$timeout_secs" \
-    "${testhost_qemu[@]}" -M q35 -accel "$accel" -cpu "$cpu" -m "$mem" -smp "$smp" \
-    -kernel "$TESTHOST_KERNEL" -initrd "$work/initramfs.cpio" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=3 $diagnostics" \
+    "${testhost_qemu[@]}" "${machine[@]}" -accel "$accel" -cpu "$cpu" -m "$mem" -smp "$smp" \
+    -kernel "$testhost_kernel" -initrd "$work/initramfs.cpio" \
+    -append "console=$console panic=-1 quiet loglevel=3 $diagnostics" \
     -nodefaults -no-user-config -display none -no-reboot \
     -chardev stdio,id=console,signal=off -serial chardev:console \
     < /dev/null | tee "$log"
