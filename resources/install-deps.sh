@@ -44,7 +44,9 @@ packages=(
 if [ "$want_aarch64" = 1 ]; then
     backports_packages+=(qemu-system-arm)
     packages+=(rustc-web cargo-web "libstd-rust-web-dev:arm64" gcc-aarch64-linux-gnu
-        libc6-dev-arm64-cross qemu-user-static qemu-system-arm)
+        libc6-dev-arm64-cross qemu-user-static qemu-system-arm
+        # the arm64 device tree test decompiles the tree brique builds
+        device-tree-compiler)
 fi
 
 installed_version() {

@@ -2,8 +2,9 @@
 # The test command: installs what is missing, builds the guest artifacts,
 # then runs every check and test brique has:
 #   formatting and clippy, unit tests, /dev/kvm tests with tiny guests,
-#   end-to-end tests booting real Linux guests in the nested-KVM test host,
-#   the aarch64 cross-build (Debian's rustc-web with the arm64 std), and
+#   end-to-end tests booting real Linux guests in the nested-KVM test hosts
+#   (x86_64 and arm64), the aarch64 cross-build (Debian's rustc-web with the
+#   arm64 std) and the arm64 unit tests under qemu-user, and
 #   short fuzzing runs of the virtio-blk request parser, the virtio-net
 #   TX/RX paths, the API parsers and the snapshot state-file parser.
 # Every step runs even when an earlier one failed (a failed build or lint
@@ -40,7 +41,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 cargo --version
 run_step "guest artifacts (cached in ${BRIQUE_CACHE:-~/.cache/brique})" \
-    resources/build-artifacts.sh || exit 1
+    resources/build-artifacts.sh --aarch64 || exit 1
 
 lints() {
     local status=0
@@ -72,6 +73,8 @@ aarch64_cargo() {
         cargo "$@" --target aarch64-unknown-linux-gnu
 }
 run_step "aarch64 cross-build" aarch64_cargo build --workspace --all-targets
+run_step "aarch64 release build (the binary the arm64 test host runs)" \
+    aarch64_cargo build --release -p brique-api
 run_step "aarch64 unit tests (qemu-user)" aarch64_cargo test -p brique-vmm -p brique-devices --lib
 
 test_log="$(mktemp)"

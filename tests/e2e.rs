@@ -3,17 +3,14 @@
 //! resources/build-artifacts.sh and target/release/brique, which the README
 //! test command (resources/run-tests.sh) builds first.
 
-use brique_tests::{run_in_test_host, skip_e2e};
+use brique_tests::{run_in_test_host_on, skip_e2e, HostArch};
 
-#[test]
-fn boots_to_init_with_one_and_two_vcpus_and_reboot_ends_brique_cleanly() {
-    if skip_e2e() {
-        return;
-    }
-    let run = run_in_test_host(
+fn boots_to_init_with_one_and_two_vcpus_and_reboot_ends_brique_cleanly(arch: HostArch) {
+    let run = run_in_test_host_on(
+        arch,
         r#"
-        boot_case one_vcpu 1 128 "$GUEST_VMLINUX" "$DEFAULT_ARGS"
-        boot_case two_vcpus 2 128 "$GUEST_VMLINUX" "$DEFAULT_ARGS"
+        boot_case one_vcpu 1 128 "$GUEST_KERNEL" "$DEFAULT_ARGS"
+        boot_case two_vcpus 2 128 "$GUEST_KERNEL" "$DEFAULT_ARGS"
         "#,
         &[],
     );
@@ -27,12 +24,9 @@ fn boots_to_init_with_one_and_two_vcpus_and_reboot_ends_brique_cleanly() {
     assert_eq!(two.exit, 0, "{two:#?}");
 }
 
-#[test]
-fn bzimage_boots_and_memory_size_is_what_was_asked() {
-    if skip_e2e() {
-        return;
-    }
-    let run = run_in_test_host(
+fn bzimage_boots_and_memory_size_is_what_was_asked(arch: HostArch) {
+    let run = run_in_test_host_on(
+        arch,
         r#"boot_case bzimage 1 256 "$GUEST_BZIMAGE" "$DEFAULT_ARGS""#,
         &[],
     );
@@ -52,13 +46,10 @@ fn bzimage_boots_and_memory_size_is_what_was_asked() {
     assert!((200 * 1024..256 * 1024).contains(&mem_kib), "{line}");
 }
 
-#[test]
-fn guest_kernel_panic_ends_brique_with_an_error_and_a_message() {
-    if skip_e2e() {
-        return;
-    }
-    let run = run_in_test_host(
-        r#"boot_case panic 1 128 "$GUEST_VMLINUX" "$DEFAULT_ARGS brique_action=panic""#,
+fn guest_kernel_panic_ends_brique_with_an_error_and_a_message(arch: HostArch) {
+    let run = run_in_test_host_on(
+        arch,
+        r#"boot_case panic 1 128 "$GUEST_KERNEL" "$DEFAULT_ARGS brique_action=panic""#,
         &[],
     );
     let case = run.case("panic");
@@ -72,20 +63,68 @@ fn guest_kernel_panic_ends_brique_with_an_error_and_a_message() {
     );
 }
 
-#[test]
-fn stdin_reaches_the_guest_console() {
-    if skip_e2e() {
-        return;
-    }
+fn stdin_reaches_the_guest_console(arch: HostArch) {
     // The guest runs a shell on its console; brique's stdin is a pipe.
-    let run = run_in_test_host(
+    let run = run_in_test_host_on(
+        arch,
         r#"
         printf 'echo STDIN_SUM_$((40+2))\nreboot -f\n' > /tmp/typed
-        BRIQUE_STDIN=/tmp/typed boot_case stdin 1 128 "$GUEST_VMLINUX" "$DEFAULT_ARGS brique_action=shell"
+        BRIQUE_STDIN=/tmp/typed boot_case stdin 1 128 "$GUEST_KERNEL" "$DEFAULT_ARGS brique_action=shell"
         "#,
         &[],
     );
     let case = run.case("stdin");
     assert!(case.console_line("STDIN_SUM_42"), "{case:#?}");
     assert_eq!(case.exit, 0, "{case:#?}");
+}
+
+// Each case on each test host it applies to (the same script on both).
+
+#[test]
+fn x86_64_boots_to_init_with_one_and_two_vcpus_and_reboot_ends_brique_cleanly() {
+    if !skip_e2e() {
+        boots_to_init_with_one_and_two_vcpus_and_reboot_ends_brique_cleanly(HostArch::X86_64);
+    }
+}
+
+#[test]
+fn aarch64_boots_to_init_with_one_and_two_vcpus_and_reboot_ends_brique_cleanly() {
+    if !skip_e2e() {
+        boots_to_init_with_one_and_two_vcpus_and_reboot_ends_brique_cleanly(HostArch::Aarch64);
+    }
+}
+
+#[test]
+fn x86_64_guest_kernel_panic_ends_brique_with_an_error_and_a_message() {
+    if !skip_e2e() {
+        guest_kernel_panic_ends_brique_with_an_error_and_a_message(HostArch::X86_64);
+    }
+}
+
+#[test]
+fn aarch64_guest_kernel_panic_ends_brique_with_an_error_and_a_message() {
+    if !skip_e2e() {
+        guest_kernel_panic_ends_brique_with_an_error_and_a_message(HostArch::Aarch64);
+    }
+}
+
+#[test]
+fn x86_64_stdin_reaches_the_guest_console() {
+    if !skip_e2e() {
+        stdin_reaches_the_guest_console(HostArch::X86_64);
+    }
+}
+
+#[test]
+fn aarch64_stdin_reaches_the_guest_console() {
+    if !skip_e2e() {
+        stdin_reaches_the_guest_console(HostArch::Aarch64);
+    }
+}
+
+#[test]
+fn x86_64_bzimage_boots_and_memory_size_is_what_was_asked() {
+    if !skip_e2e() {
+        bzimage_boots_and_memory_size_is_what_was_asked(HostArch::X86_64);
+    }
 }

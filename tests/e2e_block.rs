@@ -1,18 +1,15 @@
 //! End-to-end virtio-blk: real Linux guests in the test host using brique's
 //! disks (root filesystem, read-only data drive, flush durability).
 
-use brique_tests::{run_in_test_host, skip_e2e};
+use brique_tests::{run_in_test_host_on, skip_e2e, HostArch};
 
-#[test]
-fn guest_writes_to_its_root_disk_and_the_host_reads_them_back_with_two_drives() {
-    if skip_e2e() {
-        return;
-    }
-    let run = run_in_test_host(
+fn guest_writes_to_its_root_disk_and_the_host_reads_them_back_with_two_drives(arch: HostArch) {
+    let run = run_in_test_host_on(
+        arch,
         r#"
         cp "$GUEST_ROOTFS" /tmp/root.ext4
         dd if=/dev/zero of=/tmp/second.img bs=1M count=2 2>/dev/null
-        BRIQUE_INITRD=none boot_case rootfs 2 128 "$GUEST_VMLINUX" \
+        BRIQUE_INITRD=none boot_case rootfs 2 128 "$GUEST_KERNEL" \
           "$DEFAULT_ARGS"' brique_run=\"mount | grep ext4; echo second=$(cat /sys/block/vdb/serial):$(cat /sys/block/vdb/size); echo written-by-the-guest > /root/hello.txt; sync\"' \
           ', "drives": [{"drive_id": "second", "path_on_host": "/tmp/second.img", "is_root_device": false, "is_read_only": true},
                         {"drive_id": "rootfs", "path_on_host": "/tmp/root.ext4", "is_root_device": true, "is_read_only": false}]'
@@ -33,17 +30,14 @@ fn guest_writes_to_its_root_disk_and_the_host_reads_them_back_with_two_drives() 
     );
 }
 
-#[test]
-fn read_only_drive_is_readable_not_writable_and_unchanged() {
-    if skip_e2e() {
-        return;
-    }
-    let run = run_in_test_host(
+fn read_only_drive_is_readable_not_writable_and_unchanged(arch: HostArch) {
+    let run = run_in_test_host_on(
+        arch,
         r#"
         dd if=/dev/zero of=/tmp/ro.img bs=1M count=1 2>/dev/null
         printf 'BRIQUE-RO-DATA' | dd of=/tmp/ro.img conv=notrunc 2>/dev/null
         before=$(sha256sum /tmp/ro.img)
-        boot_case ro 1 128 "$GUEST_VMLINUX" \
+        boot_case ro 1 128 "$GUEST_KERNEL" \
           "$DEFAULT_ARGS"' brique_run=\"echo serial=$(cat /sys/block/vda/serial); echo ro=$(cat /sys/block/vda/ro); echo data=$(head -c 14 /dev/vda); if echo x | dd of=/dev/vda conv=fsync; then echo RO_WRITE_SUCCEEDED; else echo RO_WRITE_FAILED; fi\"' \
           ', "drives": [{"drive_id": "ro-data", "path_on_host": "/tmp/ro.img", "is_root_device": false, "is_read_only": true}]'
         after=$(sha256sum /tmp/ro.img)
@@ -65,18 +59,15 @@ fn read_only_drive_is_readable_not_writable_and_unchanged() {
     );
 }
 
-#[test]
-fn flushed_data_survives_kill_9_of_brique() {
-    if skip_e2e() {
-        return;
-    }
-    let run = run_in_test_host(
+fn flushed_data_survives_kill_9_of_brique(arch: HostArch) {
+    let run = run_in_test_host_on(
+        arch,
         r#"
         dd if=/dev/zero of=/tmp/data.img bs=1M count=4 2>/dev/null
         cat > /tmp/kill.json <<JSON
 {
   "boot-source": {
-    "kernel_image_path": "$GUEST_VMLINUX",
+    "kernel_image_path": "$GUEST_KERNEL",
     "initrd_path": "$GUEST_INITRAMFS",
     "boot_args": "$DEFAULT_ARGS brique_action=hold brique_run=\"printf DURABLE-PAYLOAD-42 | dd of=/dev/vda conv=fsync && echo FLUSHED_MARKER\""
   },
@@ -103,4 +94,52 @@ JSON
         "{}",
         run.console
     );
+}
+
+// Each case on each test host it applies to (the same script on both).
+
+#[test]
+fn x86_64_guest_writes_to_its_root_disk_and_the_host_reads_them_back_with_two_drives() {
+    if !skip_e2e() {
+        guest_writes_to_its_root_disk_and_the_host_reads_them_back_with_two_drives(
+            HostArch::X86_64,
+        );
+    }
+}
+
+#[test]
+fn aarch64_guest_writes_to_its_root_disk_and_the_host_reads_them_back_with_two_drives() {
+    if !skip_e2e() {
+        guest_writes_to_its_root_disk_and_the_host_reads_them_back_with_two_drives(
+            HostArch::Aarch64,
+        );
+    }
+}
+
+#[test]
+fn x86_64_read_only_drive_is_readable_not_writable_and_unchanged() {
+    if !skip_e2e() {
+        read_only_drive_is_readable_not_writable_and_unchanged(HostArch::X86_64);
+    }
+}
+
+#[test]
+fn aarch64_read_only_drive_is_readable_not_writable_and_unchanged() {
+    if !skip_e2e() {
+        read_only_drive_is_readable_not_writable_and_unchanged(HostArch::Aarch64);
+    }
+}
+
+#[test]
+fn x86_64_flushed_data_survives_kill_9_of_brique() {
+    if !skip_e2e() {
+        flushed_data_survives_kill_9_of_brique(HostArch::X86_64);
+    }
+}
+
+#[test]
+fn aarch64_flushed_data_survives_kill_9_of_brique() {
+    if !skip_e2e() {
+        flushed_data_survives_kill_9_of_brique(HostArch::Aarch64);
+    }
 }

@@ -1,7 +1,7 @@
 //! End-to-end virtio-net: a guest on two taps in the test host, pinging
 //! both ways and moving 64 MiB each direction over TCP with checksums.
 
-use brique_tests::{run_in_test_host, skip_e2e};
+use brique_tests::{run_in_test_host_on, skip_e2e, HostArch};
 
 /// What the guest runs (kernel command line, so: no double quotes).
 const GUEST: &str = "ip addr add 172.16.0.2/24 dev eth0; ip link set eth0 up; \
@@ -12,11 +12,7 @@ echo GUEST_H2G_SHA $(wget -q -O - http://172.16.0.1:8080/h2g | sha256sum); \
 mkdir -p /tmp/www; dd if=/dev/urandom of=/tmp/www/g2h bs=1M count=64 2>/dev/null; \
 echo GUEST_G2H_SHA $(sha256sum /tmp/www/g2h); httpd -p 8080 -h /tmp/www; echo GUEST_READY";
 
-#[test]
-fn guest_on_two_taps_pings_and_moves_64_mib_each_way() {
-    if skip_e2e() {
-        return;
-    }
+fn guest_on_two_taps_pings_and_moves_64_mib_each_way(arch: HostArch) {
     let script = r#"
         for i in 0 1; do
             tunctl -t tap$i >/dev/null
@@ -29,7 +25,7 @@ fn guest_on_two_taps_pings_and_moves_64_mib_each_way() {
         httpd -p 172.16.0.1:8080 -h /tmp/www
         cat > /tmp/net.json <<JSON
 {
-  "boot-source": {"kernel_image_path": "$GUEST_VMLINUX", "initrd_path": "$GUEST_INITRAMFS",
+  "boot-source": {"kernel_image_path": "$GUEST_KERNEL", "initrd_path": "$GUEST_INITRAMFS",
                   "boot_args": "$DEFAULT_ARGS brique_action=hold brique_run=\"$(cat guest.sh)\""},
   "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
   "network-interfaces": [
@@ -52,7 +48,7 @@ JSON
         tr -d '\r' < /tmp/net.out | grep -E '^(PING|GUEST_)' | sed 's/^/[guest] /'
         grep -q '^GUEST_READY' /tmp/net.out || tail -40 /tmp/net.out
         "#;
-    let run = run_in_test_host(script, &[("guest.sh", GUEST.as_bytes())]);
+    let run = run_in_test_host_on(arch, script, &[("guest.sh", GUEST.as_bytes())]);
     let console = &run.console;
     for line in console
         .lines()
@@ -82,4 +78,20 @@ JSON
     assert_eq!(sha("GUEST_H2G_SHA "), host_h2g, "host -> guest 64 MiB");
     let guest_g2h = sha("GUEST_G2H_SHA ");
     assert_eq!(sha("HOST_G2H_SHA "), guest_g2h, "guest -> host 64 MiB");
+}
+
+// Each case on each test host it applies to (the same script on both).
+
+#[test]
+fn x86_64_guest_on_two_taps_pings_and_moves_64_mib_each_way() {
+    if !skip_e2e() {
+        guest_on_two_taps_pings_and_moves_64_mib_each_way(HostArch::X86_64);
+    }
+}
+
+#[test]
+fn aarch64_guest_on_two_taps_pings_and_moves_64_mib_each_way() {
+    if !skip_e2e() {
+        guest_on_two_taps_pings_and_moves_64_mib_each_way(HostArch::Aarch64);
+    }
 }

@@ -6,7 +6,16 @@
 # the guest's init has started) or nothing.
 # BRIQUE_INITRD=none boots without an initramfs (root from a drive).
 
-DEFAULT_ARGS="console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+# The same names on both test hosts: $GUEST_KERNEL is the guest kernel
+# (x86_64: the ELF vmlinux; aarch64: the Image), $ARCH the host's machine.
+ARCH="$(uname -m)"
+if [ "$ARCH" = aarch64 ]; then
+    GUEST_KERNEL="$GUEST_IMAGE"
+    DEFAULT_ARGS="console=ttyS0 reboot=k panic=1"
+else
+    GUEST_KERNEL="$GUEST_VMLINUX"
+    DEFAULT_ARGS="console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+fi
 
 boot_case() {
     name="$1" vcpus="$2" mem="$3" kernel="$4" args="$5" extra="${6:-}"

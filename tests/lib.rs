@@ -104,9 +104,33 @@ impl HostRun {
 /// How long one test host run may take: the longest e2e case needs ~1 min.
 const HOST_TIMEOUT_SECS: u64 = 420;
 
+/// Which test host a case runs in: both give the same paths and variables
+/// (`$GUEST_KERNEL` is the guest kernel of either), so a script runs on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostArch {
+    /// The x86_64 test host (nested KVM under QEMU's x86 software CPU).
+    X86_64,
+    /// The arm64 test host (nested KVM under QEMU's arm64 software CPU).
+    Aarch64,
+}
+
+impl HostArch {
+    fn testhost_args(self) -> &'static [&'static str] {
+        match self {
+            Self::X86_64 => &[],
+            Self::Aarch64 => &["--arch", "aarch64"],
+        }
+    }
+}
+
 /// Runs `script` (POSIX sh, with `boot_case` from guest-lib.sh available)
-/// in the test host, with `files` (name, content) beside it.
+/// in the x86_64 test host, with `files` (name, content) beside it.
 pub fn run_in_test_host(script: &str, files: &[(&str, &[u8])]) -> HostRun {
+    run_in_test_host_on(HostArch::X86_64, script, files)
+}
+
+/// Runs `script` in the test host of `arch`, with `files` beside it.
+pub fn run_in_test_host_on(arch: HostArch, script: &str, files: &[(&str, &[u8])]) -> HostRun {
     let _guard = TEST_HOST.lock().unwrap_or_else(|p| p.into_inner());
     let root = repo_root();
     let dir = std::env::temp_dir().join(format!(
@@ -131,6 +155,7 @@ pub fn run_in_test_host(script: &str, files: &[(&str, &[u8])]) -> HostRun {
     let (status, console, console_log) = loop {
         let console_log = console_log_path(&root, attempt);
         let output = Command::new(root.join("resources/testhost.sh"))
+            .args(arch.testhost_args())
             .arg("--timeout")
             .arg(HOST_TIMEOUT_SECS.to_string())
             .arg("--log")
