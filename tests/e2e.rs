@@ -3,7 +3,7 @@
 //! resources/build-artifacts.sh and target/release/brique, which the README
 //! test command (resources/run-tests.sh) builds first.
 
-use brique_tests::{run_in_test_host_on, skip_e2e, HostArch};
+use brique_tests::{on_test_hosts, run_in_test_host_on, HostArch};
 
 fn boots_to_init_with_one_and_two_vcpus_and_reboot_ends_brique_cleanly(arch: HostArch) {
     let run = run_in_test_host_on(
@@ -79,52 +79,7 @@ fn stdin_reaches_the_guest_console(arch: HostArch) {
 }
 
 // Each case on each test host it applies to (the same script on both).
-
-#[test]
-fn x86_64_boots_to_init_with_one_and_two_vcpus_and_reboot_ends_brique_cleanly() {
-    if !skip_e2e() {
-        boots_to_init_with_one_and_two_vcpus_and_reboot_ends_brique_cleanly(HostArch::X86_64);
-    }
-}
-
-#[test]
-fn aarch64_boots_to_init_with_one_and_two_vcpus_and_reboot_ends_brique_cleanly() {
-    if !skip_e2e() {
-        boots_to_init_with_one_and_two_vcpus_and_reboot_ends_brique_cleanly(HostArch::Aarch64);
-    }
-}
-
-#[test]
-fn x86_64_guest_kernel_panic_ends_brique_with_an_error_and_a_message() {
-    if !skip_e2e() {
-        guest_kernel_panic_ends_brique_with_an_error_and_a_message(HostArch::X86_64);
-    }
-}
-
-#[test]
-fn aarch64_guest_kernel_panic_ends_brique_with_an_error_and_a_message() {
-    if !skip_e2e() {
-        guest_kernel_panic_ends_brique_with_an_error_and_a_message(HostArch::Aarch64);
-    }
-}
-
-#[test]
-fn x86_64_stdin_reaches_the_guest_console() {
-    if !skip_e2e() {
-        stdin_reaches_the_guest_console(HostArch::X86_64);
-    }
-}
-
-#[test]
-fn aarch64_stdin_reaches_the_guest_console() {
-    if !skip_e2e() {
-        stdin_reaches_the_guest_console(HostArch::Aarch64);
-    }
-}
-
-#[test]
-fn x86_64_bzimage_boots_and_memory_size_is_what_was_asked() {
-    if !skip_e2e() {
-        bzimage_boots_and_memory_size_is_what_was_asked(HostArch::X86_64);
-    }
-}
+on_test_hosts!(boots_to_init_with_one_and_two_vcpus_and_reboot_ends_brique_cleanly on X86_64, Aarch64);
+on_test_hosts!(guest_kernel_panic_ends_brique_with_an_error_and_a_message on X86_64, Aarch64);
+on_test_hosts!(stdin_reaches_the_guest_console on X86_64, Aarch64);
+on_test_hosts!(bzimage_boots_and_memory_size_is_what_was_asked on X86_64);

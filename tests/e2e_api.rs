@@ -4,7 +4,7 @@
 //! metrics, Ctrl-Alt-Del), with the guest's state checked on its console
 //! and over the network.
 
-use brique_tests::{run_in_test_host_on, skip_e2e, HostArch};
+use brique_tests::{on_test_hosts, run_in_test_host_on, HostArch};
 
 /// What the guest runs (kernel command line: no double quotes). It brings
 /// eth0 up, reports the data drive's content and, whenever it changes, the
@@ -156,17 +156,4 @@ fn full_lifecycle_through_curl_only(arch: HostArch) {
 }
 
 // Each case on each test host it applies to (the same script on both).
-
-#[test]
-fn x86_64_full_lifecycle_through_curl_only() {
-    if !skip_e2e() {
-        full_lifecycle_through_curl_only(HostArch::X86_64);
-    }
-}
-
-#[test]
-fn aarch64_full_lifecycle_through_curl_only() {
-    if !skip_e2e() {
-        full_lifecycle_through_curl_only(HostArch::Aarch64);
-    }
-}
+on_test_hosts!(full_lifecycle_through_curl_only on X86_64, Aarch64);

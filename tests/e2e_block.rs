@@ -1,7 +1,7 @@
 //! End-to-end virtio-blk: real Linux guests in the test host using brique's
 //! disks (root filesystem, read-only data drive, flush durability).
 
-use brique_tests::{run_in_test_host_on, skip_e2e, HostArch};
+use brique_tests::{on_test_hosts, run_in_test_host_on, HostArch};
 
 fn guest_writes_to_its_root_disk_and_the_host_reads_them_back_with_two_drives(arch: HostArch) {
     let run = run_in_test_host_on(
@@ -97,49 +97,6 @@ JSON
 }
 
 // Each case on each test host it applies to (the same script on both).
-
-#[test]
-fn x86_64_guest_writes_to_its_root_disk_and_the_host_reads_them_back_with_two_drives() {
-    if !skip_e2e() {
-        guest_writes_to_its_root_disk_and_the_host_reads_them_back_with_two_drives(
-            HostArch::X86_64,
-        );
-    }
-}
-
-#[test]
-fn aarch64_guest_writes_to_its_root_disk_and_the_host_reads_them_back_with_two_drives() {
-    if !skip_e2e() {
-        guest_writes_to_its_root_disk_and_the_host_reads_them_back_with_two_drives(
-            HostArch::Aarch64,
-        );
-    }
-}
-
-#[test]
-fn x86_64_read_only_drive_is_readable_not_writable_and_unchanged() {
-    if !skip_e2e() {
-        read_only_drive_is_readable_not_writable_and_unchanged(HostArch::X86_64);
-    }
-}
-
-#[test]
-fn aarch64_read_only_drive_is_readable_not_writable_and_unchanged() {
-    if !skip_e2e() {
-        read_only_drive_is_readable_not_writable_and_unchanged(HostArch::Aarch64);
-    }
-}
-
-#[test]
-fn x86_64_flushed_data_survives_kill_9_of_brique() {
-    if !skip_e2e() {
-        flushed_data_survives_kill_9_of_brique(HostArch::X86_64);
-    }
-}
-
-#[test]
-fn aarch64_flushed_data_survives_kill_9_of_brique() {
-    if !skip_e2e() {
-        flushed_data_survives_kill_9_of_brique(HostArch::Aarch64);
-    }
-}
+on_test_hosts!(guest_writes_to_its_root_disk_and_the_host_reads_them_back_with_two_drives on X86_64, Aarch64);
+on_test_hosts!(read_only_drive_is_readable_not_writable_and_unchanged on X86_64, Aarch64);
+on_test_hosts!(flushed_data_survives_kill_9_of_brique on X86_64, Aarch64);

@@ -1,7 +1,7 @@
 //! End-to-end virtio-net: a guest on two taps in the test host, pinging
 //! both ways and moving 64 MiB each direction over TCP with checksums.
 
-use brique_tests::{run_in_test_host_on, skip_e2e, HostArch};
+use brique_tests::{on_test_hosts, run_in_test_host_on, HostArch};
 
 /// What the guest runs (kernel command line, so: no double quotes).
 const GUEST: &str = "ip addr add 172.16.0.2/24 dev eth0; ip link set eth0 up; \
@@ -81,17 +81,4 @@ JSON
 }
 
 // Each case on each test host it applies to (the same script on both).
-
-#[test]
-fn x86_64_guest_on_two_taps_pings_and_moves_64_mib_each_way() {
-    if !skip_e2e() {
-        guest_on_two_taps_pings_and_moves_64_mib_each_way(HostArch::X86_64);
-    }
-}
-
-#[test]
-fn aarch64_guest_on_two_taps_pings_and_moves_64_mib_each_way() {
-    if !skip_e2e() {
-        guest_on_two_taps_pings_and_moves_64_mib_each_way(HostArch::Aarch64);
-    }
-}
+on_test_hosts!(guest_on_two_taps_pings_and_moves_64_mib_each_way on X86_64, Aarch64);

@@ -123,6 +123,27 @@ impl HostArch {
     }
 }
 
+/// Declares one test per test host for an end-to-end case `fn case(arch:
+/// HostArch)`: `on_test_hosts!(case on X86_64, Aarch64)` makes the tests
+/// `case::X86_64` and `case::Aarch64` (each skipped, loudly, with
+/// BRIQUE_SKIP_E2E).
+#[macro_export]
+macro_rules! on_test_hosts {
+    ($case:ident on $($arch:ident),+) => {
+        mod $case {
+            $(
+                #[test]
+                #[allow(non_snake_case)]
+                fn $arch() {
+                    if !$crate::skip_e2e() {
+                        super::$case($crate::HostArch::$arch);
+                    }
+                }
+            )+
+        }
+    };
+}
+
 /// Runs `script` (POSIX sh, with `boot_case` from guest-lib.sh available)
 /// in the x86_64 test host, with `files` (name, content) beside it.
 pub fn run_in_test_host(script: &str, files: &[(&str, &[u8])]) -> HostRun {
