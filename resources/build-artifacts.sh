@@ -20,6 +20,13 @@
 #   TESTHOST_AARCH64_USERLAND root tree for the arm64 test host: busybox and its
 #                             applet links, curl and debugfs with their arm64
 #                             libraries and loader (from Debian's arm64 packages)
+# With --aarch64-qemu (also implies the arm64 artifacts; what
+# `testhost.sh --arch aarch64 --with-qemu` asks for), also:
+#   TESTHOST_AARCH64_QEMU     root tree with QEMU for the arm64 test host (the
+#                             benchmark peer): brique/qemu/bin/qemu-system-aarch64
+#                             from Debian's arm64 qemu-system-arm (bookworm-
+#                             backports, the same QEMU as the x86_64 peer) with
+#                             its arm64 libraries, and an empty brique/qemu/share
 # The cache lives in ${BRIQUE_CACHE:-~/.cache/brique}; each artifact's folder
 # is named by a hash of its inputs (configs, scripts, package versions), so
 # only a change of input rebuilds it. Progress goes to stderr.
@@ -28,11 +35,12 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${BRIQUE_CACHE:-$HOME/.cache/brique}"
 jobs="${BRIQUE_BUILD_JOBS:-$(($(nproc) + 1))}"
-want_x86=1 want_aarch64=0
+want_x86=1 want_aarch64=0 want_aarch64_qemu=0
 for arg in "$@"; do
     case "$arg" in
         --aarch64) want_aarch64=1 ;;
         --aarch64-only) want_aarch64=1 want_x86=0 ;;
+        --aarch64-qemu) want_aarch64=1 want_aarch64_qemu=1 ;;
         *) echo "build-artifacts.sh: unknown option $arg (see the header of $0)" >&2; exit 2 ;;
     esac
 done
@@ -406,3 +414,38 @@ echo "GUEST_AARCH64_ROOTFS=$aarch64_userland_dir/rootfs.ext4"
 echo "TESTHOST_AARCH64_KERNEL=$testhost_aarch64_dir/vmlinuz"
 echo "TESTHOST_AARCH64_MODULES=$testhost_aarch64_dir/modules"
 echo "TESTHOST_AARCH64_USERLAND=$testhost_aarch64_userland_dir"
+[ "$want_aarch64_qemu" = 1 ] || exit 0
+
+# ------------------------------------------ QEMU for the arm64 test host (peer)
+# qemu-system-aarch64 out of Debian's arm64 qemu-system-arm from
+# bookworm-backports (10.0, as the x86_64 peer), with the libraries it needs
+# (read from its ELF header) out of the arm64 packages of its dependencies'
+# closure, as the test host's curl and debugfs. Its virt machine booting a
+# kernel directly (-kernel, no firmware) reads nothing from its data dir.
+qemu_aarch64_version="$(apt-cache policy qemu-system-arm:arm64 \
+    | awk '/ bookworm-backports\// {print version; exit} /^ *(\*\*\* )?[0-9]/ {version = $1 == "***" ? $2 : $1}')"
+[ -n "$qemu_aarch64_version" ] || { log "cannot resolve qemu-system-arm:arm64 in bookworm-backports"; exit 1; }
+mapfile -t qemu_aarch64_closure < <(apt-cache show "qemu-system-arm:arm64=$qemu_aarch64_version" \
+    | sed -n 's/^Depends: //p' | head -n1 | tr ',' '\n' | sed 's/^ *//; s/[ |].*//' \
+    | grep -v '^qemu-' | sed 's/$/:arm64/' \
+    | xargs apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
+        --no-breaks --no-replaces --no-enhances | grep -E '^[a-z0-9].*:arm64$' | sort -u)
+qemu_aarch64_key="$(cache_key build_testhost_qemu_aarch64 "$qemu_aarch64_version" \
+    "$(candidate_versions "${qemu_aarch64_closure[@]}")" \
+    "$(functions_text aarch64_lib_path copy_elf_aarch64 fetch_debs)")"
+qemu_aarch64_dir="$cache/testhost-qemu-aarch64-$qemu_aarch64_key"
+
+build_testhost_qemu_aarch64() {
+    local out="$1" tmp
+    tmp="$(mktemp -d)"
+    log "building QEMU for the arm64 test host (qemu-system-arm:arm64 $qemu_aarch64_version and its libraries)"
+    fetch_debs "$tmp" "qemu-system-arm:arm64=$qemu_aarch64_version" "${qemu_aarch64_closure[@]}"
+    copy_elf_aarch64 "$tmp" usr/bin/qemu-system-aarch64 brique/qemu/bin/qemu-system-aarch64 "$out"
+    mkdir -p "$out/brique/qemu/share"
+    # It must run (under qemu-user, with this tree as its root).
+    qemu-aarch64-static -L "$out" "$out/brique/qemu/bin/qemu-system-aarch64" --version | head -n1 >&2
+    rm -rf "$tmp"
+}
+build_into "$qemu_aarch64_dir" build_testhost_qemu_aarch64
+
+echo "TESTHOST_AARCH64_QEMU=$qemu_aarch64_dir"

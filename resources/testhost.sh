@@ -8,7 +8,7 @@
 # Usage: resources/testhost.sh [options] -- CMD...
 #   --arch ARCH     x86_64 (default) or aarch64
 #   --with DIR      copy DIR's files into the test host (at /brique/with)
-#   --with-qemu     also copy QEMU (the benchmark peer) and its firmware (x86_64 only)
+#   --with-qemu     also copy QEMU (the benchmark peer) and its firmware
 #   --smp N         test host CPUs (default 2)
 #   --cpu MODEL     QEMU CPU model of the test host (default: $BRIQUE_TESTHOST_CPU,
 #                   else max; aarch64: $BRIQUE_TESTHOST_AARCH64_CPU, else
@@ -41,7 +41,11 @@
 #                    no more than libc, libm and libgcc_s (there in /lib*)
 #   /brique/artifacts/Image       arm64 guest kernel; also initramfs.cpio.gz,
 #                    rootfs.ext4 (build-artifacts.sh --aarch64-only)
-# and in CMD's environment: BRIQUE, GUEST_IMAGE, GUEST_INITRAMFS, GUEST_ROOTFS.
+#   /brique/qemu/bin/qemu-system-aarch64, /brique/qemu/share  (--with-qemu: Debian's
+#                    arm64 qemu-system-arm from bookworm-backports, its arm64
+#                    libraries in /lib*; build-artifacts.sh --aarch64-qemu)
+# and in CMD's environment: BRIQUE, GUEST_IMAGE, GUEST_INITRAMFS, GUEST_ROOTFS
+# (and QEMU, QEMU_DATADIR with --with-qemu).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -80,7 +84,6 @@ case "$arch" in
         cpu="${cpu:-${BRIQUE_TESTHOST_AARCH64_CPU:-max,pauth-impdef=on}}"
         testhost_qemu=("${BRIQUE_TESTHOST_AARCH64_QEMU:-qemu-system-aarch64}")
         machine=(-M virt,virtualization=on,gic-version=3) console=ttyAMA0
-        [ "$with_qemu" = 0 ] || { echo "testhost.sh: --with-qemu is x86_64 only" >&2; exit 2; }
         brique_bin="${BRIQUE_BIN:-}"
         if [ -z "$brique_bin" ]; then
             for candidate in "$repo"/target/{cross/,}aarch64-unknown-linux-gnu/release/brique; do
@@ -99,7 +102,11 @@ case "$arch" in
         fi
         readelf -h "$brique_bin" 2>/dev/null | grep -q 'Machine:.*AArch64' || {
             echo "testhost.sh: $brique_bin is not an arm64 program" >&2; exit 2; }
-        eval "$("$here/build-artifacts.sh" --aarch64-only)"
+        if [ "$with_qemu" = 1 ]; then
+            eval "$("$here/build-artifacts.sh" --aarch64-only --aarch64-qemu)"
+        else
+            eval "$("$here/build-artifacts.sh" --aarch64-only)"
+        fi
         testhost_kernel="$TESTHOST_AARCH64_KERNEL"
         ;;
     *) echo "testhost.sh: --arch is x86_64 or aarch64, not $arch" >&2; exit 2 ;;
@@ -146,7 +153,11 @@ else
     cp "$GUEST_AARCH64_INITRAMFS" "$GUEST_AARCH64_ROOTFS" "$stage/brique/artifacts/"
 fi
 if [ -n "$with_dir" ]; then cp -a "$with_dir/." "$stage/brique/with/"; fi
-if [ "$with_qemu" = 1 ]; then
+if [ "$with_qemu" = 1 ] && [ "$arch" = aarch64 ]; then
+    # qemu-system-aarch64 at /brique/qemu/bin and its arm64 libraries, as a root tree.
+    cp -a "$TESTHOST_AARCH64_QEMU/." "$stage/"
+    rm -f "$stage/.complete"
+elif [ "$with_qemu" = 1 ]; then
     copy_with_libs /usr/bin/qemu-system-x86_64 /brique/qemu/bin/qemu-system-x86_64
     mkdir -p "$stage/brique/qemu/share"
     cp /usr/share/qemu/{qboot.rom,linuxboot_dma.bin} "$stage/brique/qemu/share/"
@@ -167,7 +178,7 @@ fi
         printf 'export GUEST_ROOTFS=/brique/artifacts/%s\n' "$(basename "$GUEST_AARCH64_ROOTFS")"
     fi
     if [ "$with_qemu" = 1 ]; then
-        printf 'export QEMU=/brique/qemu/bin/qemu-system-x86_64 QEMU_DATADIR=/brique/qemu/share\n'
+        printf 'export QEMU=/brique/qemu/bin/qemu-system-%s QEMU_DATADIR=/brique/qemu/share\n' "$arch"
     fi
     printf 'cd /brique/with\n'
     printf '%q ' "$@"

@@ -40,10 +40,42 @@ pub enum BootBenchError {
     },
 }
 
+/// The architecture the benchmarks run on, which picks QEMU's machine (the
+/// peer) and the guest's command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// QEMU's `microvm` machine is the peer; the guest kernel is a vmlinux
+    /// or a bzImage.
+    X86_64,
+    /// QEMU's `virt` machine (GICv3) is the peer; the guest kernel is an
+    /// arm64 Image.
+    Aarch64,
+}
+
+impl Arch {
+    /// The architecture this program was built for: the one whose KVM it
+    /// measures.
+    pub fn host() -> Self {
+        if cfg!(target_arch = "aarch64") {
+            Self::Aarch64
+        } else {
+            Self::X86_64
+        }
+    }
+
+    /// QEMU as the reports name it: the peer machine.
+    pub fn peer_name(self) -> &'static str {
+        match self {
+            Self::X86_64 => "qemu microvm",
+            Self::Aarch64 => "qemu virt",
+        }
+    }
+}
+
 /// What is booted, by both VMMs.
 #[derive(Debug, Clone)]
 pub struct BootSetup {
-    /// Guest kernel (ELF vmlinux).
+    /// Guest kernel (ELF vmlinux or bzImage; arm64: Image).
     pub kernel: PathBuf,
     /// Guest initramfs.
     pub initrd: PathBuf,
@@ -58,6 +90,11 @@ pub struct BootSetup {
     /// What the guest init does after its marker (`brique_action`):
     /// `hold` to measure a running guest, `reboot` to end the VMM.
     pub guest_action: &'static str,
+    /// A shell command the guest init runs after its marker, before its
+    /// action (`brique_run`); it must not contain double quotes.
+    pub guest_run: Option<String>,
+    /// Which KVM, and so which QEMU machine and guest console.
+    pub arch: Arch,
 }
 
 /// One boot's figures.
@@ -69,24 +106,42 @@ pub struct BootSample {
     pub memory: smaps::VmmMemory,
 }
 
-/// Kernel command line both VMMs pass; the guest's init then does `setup.guest_action`.
-pub fn boot_args(setup: &BootSetup) -> String {
-    format!(
-        "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd \
-         brique_action={}",
-        setup.guest_action
-    )
+/// The kernel command line with the guest's console on `console`; the
+/// same for both VMMs but for the console (QEMU's `virt` has a PL011,
+/// `ttyAMA0`, where brique has a 16550A, `ttyS0`). The guest's init then
+/// runs `setup.guest_run` and does `setup.guest_action`.
+fn kernel_args(setup: &BootSetup, console: &str) -> String {
+    let mut args = match setup.arch {
+        Arch::X86_64 => format!(
+            "console={console} reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp \
+             i8042.dumbkbd brique_action={}",
+            setup.guest_action
+        ),
+        Arch::Aarch64 => format!(
+            "console={console} reboot=k panic=1 brique_action={}",
+            setup.guest_action
+        ),
+    };
+    if let Some(run) = &setup.guest_run {
+        args.push_str(&format!(" brique_run=\"{run}\""));
+    }
+    args
 }
 
-/// The brique command for `setup`.
+/// Where `brique_command` writes brique's config file.
+pub fn brique_config(setup: &BootSetup) -> PathBuf {
+    setup.scratch.join("brique-bench-vm.json")
+}
+
+/// The brique command for `setup` (its config written in `setup.scratch`).
 pub fn brique_command(brique: &PathBuf, setup: &BootSetup) -> Result<Command, BootBenchError> {
-    let config = setup.scratch.join("brique-bench-vm.json");
+    let config = brique_config(setup);
     let json = format!(
         r#"{{"boot-source": {{"kernel_image_path": {:?}, "initrd_path": {:?}, "boot_args": {:?}}},
             "machine-config": {{"vcpu_count": {}, "mem_size_mib": {}}}}}"#,
         setup.kernel,
         setup.initrd,
-        boot_args(setup),
+        kernel_args(setup, "ttyS0"),
         setup.vcpus,
         setup.mem_mib
     );
@@ -99,19 +154,33 @@ pub fn brique_command(brique: &PathBuf, setup: &BootSetup) -> Result<Command, Bo
     Ok(command)
 }
 
-/// The QEMU microvm command for `setup`: same kernel, initrd, command line,
-/// vCPUs and memory; KVM; serial console on stdout; an i8042 like brique's
-/// (the guest's `reboot=k` resets through it, which ends QEMU under
-/// -no-reboot; without it the guest's reboot never ends QEMU); no other
-/// devices.
+/// The QEMU command for `setup`: same kernel, initrd, command line, vCPUs
+/// and memory; KVM with the host's CPU; serial console on stdout; no other
+/// devices than the machine's own.
+///
+/// x86_64: the microvm machine with an i8042 like brique's (the guest's
+/// `reboot=k` resets through it, which ends QEMU under -no-reboot; without
+/// it the guest's reboot never ends QEMU). aarch64: the virt machine with a
+/// GICv3 (as brique's; KVM in the test host has no GICv2), its PL011 as the
+/// console, the kernel entered directly (no firmware).
 pub fn qemu_command(qemu: &PathBuf, datadir: Option<&PathBuf>, setup: &BootSetup) -> Command {
     let mut command = Command::new(qemu);
     if let Some(datadir) = datadir {
         command.arg("-L").arg(datadir);
     }
+    let console = match setup.arch {
+        Arch::X86_64 => {
+            command
+                .args(["-M", "microvm,x-option-roms=off,rtc=off,acpi=off"])
+                .args(["-device", "i8042"]);
+            "ttyS0"
+        }
+        Arch::Aarch64 => {
+            command.args(["-M", "virt,gic-version=3"]);
+            "ttyAMA0"
+        }
+    };
     command
-        .args(["-M", "microvm,x-option-roms=off,rtc=off,acpi=off"])
-        .args(["-device", "i8042"])
         .args(["-accel", "kvm", "-cpu", "host"])
         .args(["-m", &setup.mem_mib.to_string()])
         .args(["-smp", &setup.vcpus.to_string()])
@@ -127,7 +196,7 @@ pub fn qemu_command(qemu: &PathBuf, datadir: Option<&PathBuf>, setup: &BootSetup
         .arg(&setup.kernel)
         .arg("-initrd")
         .arg(&setup.initrd)
-        .args(["-append", &boot_args(setup)]);
+        .args(["-append", &kernel_args(setup, console)]);
     command
 }
 
@@ -206,4 +275,88 @@ pub fn measure(
         time_to_init,
         memory,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(arch: Arch, guest_run: Option<&str>) -> BootSetup {
+        BootSetup {
+            kernel: PathBuf::from("/k"),
+            initrd: PathBuf::from("/i"),
+            mem_mib: 128,
+            vcpus: 2,
+            timeout: Duration::from_secs(1),
+            scratch: std::env::temp_dir(),
+            guest_action: "hold",
+            guest_run: guest_run.map(str::to_owned),
+            arch,
+        }
+    }
+
+    fn args(command: &Command) -> Vec<String> {
+        command
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_command_line_is_the_same_but_for_the_console() {
+        let x86 = setup(Arch::X86_64, None);
+        assert_eq!(
+            kernel_args(&x86, "ttyS0"),
+            "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp \
+             i8042.dumbkbd brique_action=hold"
+        );
+        let arm = setup(Arch::Aarch64, Some("echo hi"));
+        assert_eq!(
+            kernel_args(&arm, "ttyAMA0"),
+            "console=ttyAMA0 reboot=k panic=1 brique_action=hold brique_run=\"echo hi\""
+        );
+    }
+
+    #[test]
+    fn qemu_boots_microvm_on_x86_64_and_virt_on_aarch64() {
+        let x86 = args(&qemu_command(
+            &PathBuf::from("qemu"),
+            None,
+            &setup(Arch::X86_64, None),
+        ));
+        assert_eq!(
+            x86[..6],
+            [
+                "-M",
+                "microvm,x-option-roms=off,rtc=off,acpi=off",
+                "-device",
+                "i8042",
+                "-accel",
+                "kvm"
+            ]
+        );
+        assert!(x86.last().is_some_and(|a| a.starts_with("console=ttyS0 ")));
+        let arm = args(&qemu_command(
+            &PathBuf::from("qemu"),
+            Some(&PathBuf::from("/share")),
+            &setup(Arch::Aarch64, None),
+        ));
+        assert_eq!(
+            arm[..8],
+            [
+                "-L",
+                "/share",
+                "-M",
+                "virt,gic-version=3",
+                "-accel",
+                "kvm",
+                "-cpu",
+                "host"
+            ]
+        );
+        assert!(arm.iter().any(|a| a == "-smp") && arm.iter().any(|a| a == "128"));
+        assert!(arm
+            .last()
+            .is_some_and(|a| a.starts_with("console=ttyAMA0 ") && !a.contains("i8042")));
+    }
 }

@@ -1,9 +1,11 @@
-//! `brique-bench`: brique measured against QEMU's microvm machine in the
-//! same run, on the same host, booting the same guest. Prints figures for
-//! both and the ratios brique/QEMU (below 1 means brique is better).
+//! `brique-bench`: brique measured against QEMU's microvm machine (on arm64
+//! hosts, for `boot`: its virt machine) in the same run, on the same host,
+//! booting the same guest. Prints figures for both and the ratios
+//! brique/QEMU (below 1 means brique is better).
 //!
 //! `brique-bench boot` runs where KVM can boot Linux: inside the test host
-//! (`resources/bench-boot.sh` does that). `brique-bench api` runs on any
+//! (`resources/bench-boot.sh` does that; `--arch aarch64`: the arm64 test
+//! host, with a static arm64 build of this program). `brique-bench api` runs on any
 //! /dev/kvm (`resources/bench-api.sh`). `brique-bench snapshot` runs in
 //! the test host too (`resources/bench-snapshot.sh`).
 
@@ -32,7 +34,8 @@ struct Vmms {
     /// The brique binary.
     #[arg(long)]
     brique: PathBuf,
-    /// The qemu-system-x86_64 binary.
+    /// The QEMU binary: qemu-system-x86_64 (microvm machine), or on arm64
+    /// hosts qemu-system-aarch64 (virt machine).
     #[arg(long)]
     qemu: PathBuf,
     /// QEMU's firmware directory (-L).
@@ -43,7 +46,7 @@ struct Vmms {
 /// The guest both VMMs boot.
 #[derive(Debug, clap::Args)]
 struct Guest {
-    /// Guest kernel (ELF vmlinux or bzImage).
+    /// Guest kernel (ELF vmlinux or bzImage; arm64: Image).
     #[arg(long)]
     kernel: PathBuf,
     /// Guest initramfs.
@@ -69,6 +72,8 @@ impl Guest {
             timeout: Duration::from_secs(timeout_secs),
             scratch: std::env::temp_dir(),
             guest_action,
+            guest_run: None,
+            arch: boot::Arch::host(),
         }
     }
 }
@@ -86,7 +91,8 @@ fn report<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
-    /// Time to guest init and VMM memory overhead, brique vs QEMU microvm.
+    /// Time to guest init and VMM memory overhead, brique vs QEMU microvm
+    /// (arm64: QEMU virt).
     Boot {
         /// Boots per VMM.
         #[arg(long, default_value_t = 5)]
@@ -162,6 +168,7 @@ fn run_stability(
     kvm_trace: Option<&PathBuf>,
 ) -> Result<(), boot::BootBenchError> {
     use stability::{boot_once, Outcome, Tally};
+    let peer = setup.arch.peer_name();
     let mut brique = Tally::default();
     let mut qemu = Tally::default();
     println!(
@@ -207,14 +214,24 @@ fn run_stability(
         Outcome::Other,
     ] {
         println!(
-            "  {:<34} brique {:4} | qemu microvm {:4}",
+            "  {:<34} brique {:4} | {peer} {:4}",
             outcome.name(),
             brique.count(outcome),
             qemu.count(outcome)
         );
     }
-    print_metric("wall time per boot (s)", &brique.wall_secs, &qemu.wall_secs);
-    print_metric("time to guest init (s)", &brique.init_secs, &qemu.init_secs);
+    print_metric(
+        "wall time per boot (s)",
+        peer,
+        &brique.wall_secs,
+        &qemu.wall_secs,
+    );
+    print_metric(
+        "time to guest init (s)",
+        peer,
+        &brique.init_secs,
+        &qemu.init_secs,
+    );
     println!(
         "STABILITY brique clean={}/{} qemu clean={}/{}",
         brique.count(Outcome::Clean),
@@ -285,6 +302,7 @@ fn run_api(iterations: usize, vmms: &Vmms) -> Result<(), api::ApiBenchError> {
 
 fn run_boot(runs: u32, vmms: &Vmms, setup: &boot::BootSetup) -> Result<(), boot::BootBenchError> {
     let (brique, qemu, qemu_datadir) = (&vmms.brique, &vmms.qemu, vmms.qemu_datadir.as_ref());
+    let peer = setup.arch.peer_name();
     let mut brique_samples = Vec::new();
     let mut qemu_samples = Vec::new();
     // Interleaved, so that drift in the host affects both alike.
@@ -292,7 +310,7 @@ fn run_boot(runs: u32, vmms: &Vmms, setup: &boot::BootSetup) -> Result<(), boot:
         let b = boot::measure("brique", boot::brique_command(brique, setup)?, setup)?;
         let q = boot::measure("qemu", boot::qemu_command(qemu, qemu_datadir, setup), setup)?;
         println!(
-            "run {run}/{runs}: brique {:.0} ms, {} KiB overhead | qemu microvm {:.0} ms, {} KiB overhead",
+            "run {run}/{runs}: brique {:.0} ms, {} KiB overhead | {peer} {:.0} ms, {} KiB overhead",
             b.time_to_init.as_secs_f64() * 1e3,
             b.memory.overhead_kib(),
             q.time_to_init.as_secs_f64() * 1e3,
@@ -321,29 +339,31 @@ fn run_boot(runs: u32, vmms: &Vmms, setup: &boot::BootSetup) -> Result<(), boot:
     );
     print_metric(
         "time to guest init (ms)",
+        peer,
         &times(&brique_samples),
         &times(&qemu_samples),
     );
     print_metric(
         "VMM memory overhead (MiB, RSS minus guest RAM)",
+        peer,
         &overheads(&brique_samples),
         &overheads(&qemu_samples),
     );
     Ok(())
 }
 
-fn print_metric(name: &str, brique: &[f64], qemu: &[f64]) {
+/// Prints one figure's medians, minima and maxima for brique and for QEMU
+/// (`peer`, as the reports name it) and the ratio of the medians.
+fn print_metric(name: &str, peer: &str, brique: &[f64], qemu: &[f64]) {
     let (Some(b), Some(q)) = (stats::summarize(brique), stats::summarize(qemu)) else {
         return;
     };
     println!("{name}:");
-    println!(
-        "  brique       median {:9.1}  (min {:9.1}, max {:9.1})",
-        b.median, b.min, b.max
-    );
-    println!(
-        "  qemu microvm median {:9.1}  (min {:9.1}, max {:9.1})",
-        q.median, q.min, q.max
-    );
+    for (vmm, s) in [("brique", b), (peer, q)] {
+        println!(
+            "  {vmm:<12} median {:9.1}  (min {:9.1}, max {:9.1})",
+            s.median, s.min, s.max
+        );
+    }
     println!("  ratio brique/qemu (medians): {:.3}", b.median / q.median);
 }
