@@ -197,13 +197,7 @@ fn activation_with_a_bad_queue_needs_reset_and_reset_clears_everything() {
 
     write(&mut f.transport, VIRTIO_MMIO_STATUS, 0);
     assert_eq!(read(&mut f.transport, VIRTIO_MMIO_STATUS), 0);
-    negotiate(&mut f.transport);
-    setup_queue(&mut f.transport);
-    write(
-        &mut f.transport,
-        VIRTIO_MMIO_STATUS,
-        FEATURES_OK_STATUS | VIRTIO_CONFIG_S_DRIVER_OK,
-    );
+    drive_to_driver_ok(&mut f.transport);
     assert_eq!(
         read(&mut f.transport, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
         0
@@ -267,16 +261,21 @@ fn random_register_traffic_never_panics() {
     );
 }
 
-/// A transport whose block device the driver activated.
-fn activated(name: &str) -> Fixture {
-    let mut f = fixture(name);
-    negotiate(&mut f.transport);
-    setup_queue(&mut f.transport);
+/// Drives `t` as Linux does up to DRIVER_OK: features, one queue, go.
+fn drive_to_driver_ok(t: &mut MmioTransport) {
+    negotiate(t);
+    setup_queue(t);
     write(
-        &mut f.transport,
+        t,
         VIRTIO_MMIO_STATUS,
         FEATURES_OK_STATUS | VIRTIO_CONFIG_S_DRIVER_OK,
     );
+}
+
+/// A transport whose block device the driver activated.
+fn activated(name: &str) -> Fixture {
+    let mut f = fixture(name);
+    drive_to_driver_ok(&mut f.transport);
     f
 }
 
