@@ -124,6 +124,14 @@ fn lock<T: ?Sized>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl AttachedDevices {
+    /// Raises again the interrupt of every device with unacknowledged
+    /// status (after a restore, once the vCPUs can take it).
+    pub fn raise_pending_interrupts(&self) {
+        for device in &self.virtio {
+            lock(&device.transport).raise_pending_interrupt();
+        }
+    }
+
     /// Every device's window and interrupt line, for the boot tables.
     pub fn slots(&self) -> Vec<arch::VirtioSlot> {
         self.virtio

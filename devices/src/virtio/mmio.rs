@@ -355,6 +355,12 @@ impl MmioTransport {
         Ok(())
     }
 
+    /// Raises the interrupt again if its status has bits the driver has not
+    /// acknowledged (a spurious interrupt is harmless to a virtio driver).
+    pub fn raise_pending_interrupt(&self) {
+        self.interrupt.raise_if_pending();
+    }
+
     /// The transport's state, with the device's queues once it is active.
     /// The device must not run meanwhile (its lock is taken).
     pub fn save(&self) -> MmioTransportState {

@@ -103,9 +103,9 @@ impl Interrupt {
         }
     }
 
-    /// Takes a saved status. A status with bits the driver has not yet
-    /// acknowledged raises the interrupt once more: the guest may not have
-    /// seen it before the snapshot, and a spurious one is harmless.
+    /// Takes a saved status. The machine raises a status with bits the
+    /// driver has not acknowledged once more when the restored vCPUs can
+    /// take it ([`Interrupt::raise_if_pending`]).
     pub fn restore(&self, state: &state::InterruptState) -> Result<(), crate::state::StateError> {
         if state.status & !(INT_USED_RING | INT_CONFIG) != 0 {
             return Err(crate::state::StateError::invalid(
@@ -115,12 +115,16 @@ impl Interrupt {
         }
         self.status.store(state.status, Ordering::Release);
         self.needs_reset.store(state.needs_reset, Ordering::Release);
-        if state.status != 0 {
+        Ok(())
+    }
+
+    /// Raises the interrupt line again if the status is not empty.
+    pub fn raise_if_pending(&self) {
+        if self.status() != 0 {
             if let Err(err) = vm_superio::Trigger::trigger(&self.irq) {
                 log::error!("virtio: cannot raise interrupt: {err}");
             }
         }
-        Ok(())
     }
 
     /// Clears everything (device reset).

@@ -254,7 +254,7 @@ impl Machine {
         }
         let vcpus = vcpus_on(vcpu_fds, &buses, &template);
         let parts = fixed.into_parts((vm, irqchip), vcpus, devices, virtio_subscribers, buses);
-        Self::start(parts, false)
+        Self::start(parts, None)
     }
 
     /// Builds the machine a snapshot saved: `config` is the snapshot's own
@@ -295,8 +295,7 @@ impl Machine {
         let buses = Arc::new(buses);
         let vcpus = vcpus_on(vcpu_fds, &buses, &template);
         let parts = fixed.into_parts((vm, irqchip), vcpus, devices, virtio_subscribers, buses);
-        let mut machine = Self::start(parts, true)?;
-        machine.restore_vcpus(&state.vcpus)?;
+        let mut machine = Self::start(parts, Some(&state.vcpus))?;
         if options.resume {
             machine.resume();
         }

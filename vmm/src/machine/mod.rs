@@ -227,7 +227,8 @@ pub struct Machine {
     serial: Arc<Mutex<SerialConsole>>,
     legacy: arch::LegacyDevices,
     devices: AttachedDevices,
-    event_loop: EventLoop,
+    /// Started last (see [`Machine::start`]).
+    event_loop: Option<EventLoop>,
     panic_report: GuestPanicReport,
     _buses: Arc<IoBuses>,
     irqchip: arch::InterruptController,
@@ -245,9 +246,14 @@ fn open(path: &std::path::Path) -> Result<File, MachineError> {
 
 impl Machine {
     /// Starts a built machine: the signal forwarder, the device event loop
-    /// and one thread per vCPU, running or (`paused`) parked before their
-    /// first KVM_RUN. The one place a machine's threads are started.
-    fn start(parts: Parts, paused: bool) -> Result<Self, MachineError> {
+    /// and one thread per vCPU, running, or parked before their first
+    /// KVM_RUN when `saved_vcpus` are given: each puts its saved state into
+    /// its vCPU first. The device loop starts only then, and interrupts the
+    /// devices have pending are raised again: one raised while no vCPU's
+    /// LAPIC was restored would be lost. The one place a machine's threads
+    /// are started.
+    fn start(parts: Parts, saved_vcpus: Option<&[arch::VcpuState]>) -> Result<Self, MachineError> {
+        let paused = saved_vcpus.is_some();
         vcpu::install_kick_handler()
             .map_err(|err| MachineError::Device(format!("vCPU kick signal: {err}")))?;
         let (events_tx, events) = channel();
@@ -256,7 +262,6 @@ impl Machine {
             events: events_tx,
             ready: events_ready.clone(),
         };
-        let event_loop = EventLoop::start(parts.subscribers)?;
         let forwarder = machine_events.clone();
         let guest_signals = parts.guest_signals;
         threads::spawn(ThreadKind::GuestSignals, move || {
@@ -283,7 +288,7 @@ impl Machine {
             serial: parts.serial,
             legacy: parts.legacy,
             devices: parts.devices,
-            event_loop,
+            event_loop: None,
             panic_report: parts.panic_report,
             _buses: parts.buses,
             irqchip: parts.irqchip,
@@ -295,8 +300,15 @@ impl Machine {
             let thread = spawn_vcpu(vcpu, machine.vcpu_control.clone(), machine_events.clone())?;
             machine.vcpu_threads.push(thread);
         }
-        if paused && !machine.vcpu_control.wait_parked(vcpu_count, PAUSE_TIMEOUT) {
-            return Err(MachineError::PauseTimeout(PAUSE_TIMEOUT));
+        if let Some(states) = saved_vcpus {
+            if !machine.vcpu_control.wait_parked(vcpu_count, PAUSE_TIMEOUT) {
+                return Err(MachineError::PauseTimeout(PAUSE_TIMEOUT));
+            }
+            machine.restore_vcpus(states)?;
+        }
+        machine.event_loop = Some(EventLoop::start(parts.subscribers)?);
+        if paused {
+            machine.devices.raise_pending_interrupts();
         }
         Ok(machine)
     }
@@ -514,7 +526,9 @@ impl Machine {
         for thread in self.vcpu_threads.drain(..) {
             let _ = thread.join();
         }
-        self.event_loop.stop();
+        if let Some(event_loop) = self.event_loop.as_mut() {
+            event_loop.stop();
+        }
     }
 }
 
