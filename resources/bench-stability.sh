@@ -40,6 +40,7 @@ cat > "$dir/run.sh" <<SCRIPT
 thp=/sys/kernel/mm/transparent_hugepage
 thp_state() {
     echo "bench-stability: THP \$(cat \$thp/enabled), collapsed by khugepaged: \$(cat \$thp/khugepaged/pages_collapsed), full scans: \$(cat \$thp/khugepaged/full_scans)"
+    echo "bench-stability: page migration: \$(grep -E '^(pgmigrate_success|pgmigrate_fail|compact_stall|compact_daemon_wake|compact_success|thp_migration_success|thp_split_pmd|thp_fault_alloc|thp_zero_page_alloc) ' /proc/vmstat | tr '\\n' ' ')"
 }
 sh ./host-setup.sh
 thp_state

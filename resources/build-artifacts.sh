@@ -226,9 +226,17 @@ build_userland() {
 if [ "$want_x86" = 1 ]; then build_into "$userland_dir" build_userland; fi
 
 # ------------------------------------------------------------ test host kernel
-# The cloud-amd64 meta package names the current ABI (linux-image-6.1.0-N-cloud-amd64).
+# The cloud-amd64 meta package names the current ABI (linux-image-6.1.0-N-cloud-amd64);
+# BRIQUE_TESTHOST_KERNEL_SUITE=bookworm-backports takes that suite's version of it.
 if [ "$want_x86" = 1 ]; then
-    testhost_image_pkg="$(apt-cache depends linux-image-cloud-amd64 \
+    testhost_meta=linux-image-cloud-amd64
+    if [ -n "${BRIQUE_TESTHOST_KERNEL_SUITE:-}" ]; then
+        testhost_meta_version="$(apt-cache madison linux-image-cloud-amd64 \
+            | awk -v suite="$BRIQUE_TESTHOST_KERNEL_SUITE" '$0 ~ suite {print $3; exit}')"
+        [ -n "$testhost_meta_version" ] || { log "no linux-image-cloud-amd64 in $BRIQUE_TESTHOST_KERNEL_SUITE"; exit 1; }
+        testhost_meta="linux-image-cloud-amd64=$testhost_meta_version"
+    fi
+    testhost_image_pkg="$(apt-cache depends "$testhost_meta" \
         | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')"
     [ -n "$testhost_image_pkg" ] || { log "cannot resolve linux-image-cloud-amd64"; exit 1; }
     testhost_key="$(cache_key build_testhost_kernel \

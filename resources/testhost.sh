@@ -18,7 +18,13 @@
 #   --log FILE      also keep the console in FILE
 # For experiments with the emulator itself: BRIQUE_TESTHOST_QEMU names another
 # qemu-system-x86_64 for the test host, BRIQUE_TESTHOST_QEMU_DATADIR its -L
-# (BRIQUE_TESTHOST_AARCH64_QEMU another qemu-system-aarch64).
+# (BRIQUE_TESTHOST_AARCH64_QEMU another qemu-system-aarch64);
+# BRIQUE_TESTHOST_ACCEL replaces -accel (e.g. tcg,thread=single);
+# BRIQUE_TESTHOST_KVM_PARAMS and BRIQUE_TESTHOST_KVM_AMD_PARAMS are given to
+# the test host's insmod of kvm.ko and kvm-amd.ko (e.g. tdp_mmu=0, npt=0);
+# BRIQUE_TESTHOST_KERNEL_SUITE=bookworm-backports boots that suite's kernel.
+# Measured with resources/bench-stability.sh (issue 8): none of these makes
+# the test host immune to page migration (see the comment in the init below).
 #
 # Inside the test host (a busybox userland plus debugfs, root, /dev/kvm):
 #   /brique/bin/brique            target/release/brique (libraries in /lib*)
@@ -185,6 +191,8 @@ fi
     printf '\n'
 } > "$stage/brique/cmd.sh"
 
+printf '%s\n' "${BRIQUE_TESTHOST_KVM_PARAMS:-}" > "$stage/brique/kvm-params"
+printf '%s\n' "${BRIQUE_TESTHOST_KVM_AMD_PARAMS:-}" > "$stage/brique/kvm-amd-params"
 cat > "$stage/init" <<'INIT'
 #!/bin/sh
 export PATH=/bin:/sbin
@@ -196,8 +204,9 @@ mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 INIT
 if [ "$arch" = x86_64 ]; then
     cat >> "$stage/init" <<'INIT'
-for m in irqbypass kvm; do insmod /lib/modules/$m.ko || echo "testhost: insmod $m failed"; done
-if grep -qw svm /proc/cpuinfo; then insmod /lib/modules/kvm-amd.ko; else insmod /lib/modules/kvm-intel.ko; fi
+insmod /lib/modules/irqbypass.ko || echo "testhost: insmod irqbypass failed"
+insmod /lib/modules/kvm.ko $(cat /brique/kvm-params) || echo "testhost: insmod kvm failed"
+if grep -qw svm /proc/cpuinfo; then insmod /lib/modules/kvm-amd.ko $(cat /brique/kvm-amd-params); else insmod /lib/modules/kvm-intel.ko; fi
 for m in tun llc stp bridge; do insmod /lib/modules/$m.ko 2>/dev/null; done
 INIT
 else
@@ -212,8 +221,15 @@ cat >> "$stage/init" <<'INIT'
 # collapses into a huge page while KVM runs on it (the guest then reads page
 # tables as not present: triple faults, or an endless #PF loop). Measured with
 # resources/bench-stability.sh: khugepaged scanning every 1 ms made 1 in 20-30
-# brique boots fail. So khugepaged sleeps, THP faults never compact, and
-# proactive compaction is off. Guests still get huge pages where free.
+# brique boots fail; compacting memory every 0.1 s (28,000 migrations in 40
+# boots) made guests of brique and QEMU microvm alike triple-fault right after
+# a serial port read (rip io_serial_in+0xf, #PF 0x10 being delivered) and
+# crashed the test host's own kernel (stack guard page hit in a page fault
+# loop), with the 6.1 and the 6.12 kernel, KVM's TDP MMU or its legacy MMU,
+# 1 or 2 CPUs alike (1 CPU froze instead). So khugepaged sleeps, THP faults
+# never compact, and proactive compaction is off: a plain run then migrates
+# no page at all (bench-stability prints the counters). Guests still get
+# huge pages where free.
 thp=/sys/kernel/mm/transparent_hugepage
 echo 86400000 > $thp/khugepaged/scan_sleep_millisecs
 echo 0 > $thp/khugepaged/defrag
@@ -260,6 +276,7 @@ log="${keep_log:-$work/console.log}"
 diagnostics="watchdog_thresh=60 softlockup_panic=1 softlockup_all_cpu_backtrace=1 panic_print=0x20"
 accel="tcg"
 [ "$smp" -gt 1 ] && accel="tcg,thread=multi"
+accel="${BRIQUE_TESTHOST_ACCEL:-$accel}"
 # Once CMD has reported its status, the test host has 60 s to power off; a
 # test host that hangs on the way down must not turn a finished run into a
 # timeout. The watchdog then stops QEMU, loudly, and the reported status stands.

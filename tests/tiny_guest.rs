@@ -21,42 +21,46 @@ pub const DOT_PRINTER: &[u8] = &[
 ];
 
 /// Prints the letters `a` to `z` on COM1, one after the other with a spin
-/// in between, over and over: the letter in `bl` says where the guest is,
-/// so a restored guest shows whether it went on from where it was saved
-/// (the next letter) or started over.
-pub const LETTER_COUNTER: &[u8] = &[
-    0x66,
-    0xba,
-    0xf8,
-    0x03, // mov dx, 0x3f8
-    0xb3,
-    b'a', // mov bl, 'a'
-    0x88,
-    0xd8, // loop: mov al, bl
-    0xee, // out dx, al
-    0xfe,
-    0xc3, // inc bl
-    0x80,
-    0xfb,
-    b'z' + 1, // cmp bl, 'z' + 1
-    0x75,
-    0x02, // jne spin_start
-    0xb3,
-    b'a', // mov bl, 'a'
-    0xb9,
-    0x00,
-    0x40,
-    0x00,
-    0x00, // spin_start: mov ecx, 0x4000
-    0xff,
-    0xc9, // spin: dec ecx
-    0x75,
-    0xfc, // jnz spin
-    0xeb,
-    0xe9, // jmp loop
-];
+/// of `spin` (at least 1) rounds in between, over and over: the letter in
+/// `bl` says where the guest is, so a restored guest shows whether it went
+/// on from where it was saved (the next letter) or started over. With a
+/// spin of 1 the guest is almost always at a port write: a pause then
+/// lands right after one.
+pub fn letter_counter(spin: u32) -> Vec<u8> {
+    let mut code = vec![
+        0x66,
+        0xba,
+        0xf8,
+        0x03, // mov dx, 0x3f8
+        0xb3,
+        b'a', // mov bl, 'a'
+        0x88,
+        0xd8, // loop: mov al, bl
+        0xee, // out dx, al
+        0xfe,
+        0xc3, // inc bl
+        0x80,
+        0xfb,
+        b'z' + 1, // cmp bl, 'z' + 1
+        0x75,
+        0x02, // jne spin_start
+        0xb3,
+        b'a', // mov bl, 'a'
+        0xb9, // spin_start: mov ecx, spin
+    ];
+    code.extend_from_slice(&spin.max(1).to_le_bytes());
+    code.extend_from_slice(&[
+        0xff, 0xc9, // spin: dec ecx
+        0x75, 0xfc, // jnz spin
+        0xeb, 0xe9, // jmp loop
+    ]);
+    code
+}
 
-/// The letter after `letter` in [`LETTER_COUNTER`]'s cycle.
+/// [`letter_counter`]'s spin between letters in most tests.
+pub const LETTER_SPIN: u32 = 0x4000;
+
+/// The letter after `letter` in [`letter_counter`]'s cycle.
 pub fn next_letter(letter: u8) -> u8 {
     if letter >= b'z' {
         b'a'

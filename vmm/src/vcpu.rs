@@ -239,6 +239,9 @@ impl Vcpu {
     fn run_loop(&mut self, control: &VcpuControl) -> VcpuStop {
         loop {
             if control.pause_requested() {
+                if let Some(reason) = self.complete_pending_exit() {
+                    return reason;
+                }
                 arch::vcpu_paused(&self.fd);
                 control.park_if_paused(self.id, |request| self.serve(request));
             }
@@ -261,6 +264,30 @@ impl Vcpu {
 }
 
 impl Vcpu {
+    /// Finishes the instruction of the last I/O or MMIO exit without running
+    /// the guest on: KVM completes it (an `in` gets its value, RIP moves past
+    /// it) only at the next KVM_RUN, and one with `immediate_exit` set does
+    /// just that and returns EINTR. Without it, a vCPU saved in a pause would
+    /// be restored before that instruction and run it twice (a byte written
+    /// to the console twice). A string instruction's next chunk can exit
+    /// again without the guest running; those exits are served too.
+    fn complete_pending_exit(&mut self) -> Option<VcpuStop> {
+        self.fd.set_kvm_immediate_exit(1);
+        let stop = loop {
+            match self.fd.run() {
+                Ok(exit) => {
+                    if let Some(reason) = handle_exit(exit, &self.buses) {
+                        break Some(reason);
+                    }
+                }
+                Err(err) if matches!(err.errno(), libc::EINTR | libc::EAGAIN) => break None,
+                Err(err) => break Some(VcpuStop::RunFailed(err.to_string())),
+            }
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        stop.map(|reason| self.with_details(reason))
+    }
+
     /// Serves a request made while the vCPU is parked.
     fn serve(&self, request: VcpuRequest) {
         // A requester that gave up waiting is gone; nothing to tell it.
