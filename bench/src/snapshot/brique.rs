@@ -3,7 +3,7 @@
 //! brique with `PUT /snapshot/load` and `resume_vm`.
 
 use super::report::{file_sizes, Sample};
-use super::vmm::{boot_counting, check_first_count, Vmm};
+use super::vmm::{boot_counting, sample_after_resume, Saved, Vmm};
 use super::{io, GuestSize, Options, Result, Scratch};
 use crate::boot;
 use brique_tests::api_client::ApiClient;
@@ -92,22 +92,11 @@ pub fn measure(options: &Options, size: GuestSize, dir: &Path) -> Result<Sample>
     );
     let start = Instant::now();
     api_call(&mut restored, &mut api, "PUT", "/snapshot/load", &body)?;
-    let resumed = start.elapsed();
-    let faults_at_resume = restored.faults();
-    let (at, first) = restored.wait_count(None, timeout)?;
-    let first_run_faults = restored.faults().saturating_sub(faults_at_resume);
-    let rss_kib = restored.rss_kib();
-    check_first_count(&mut restored, last, first)?;
-    restored.expect_counting_on(first, 2, Duration::from_secs(10))?;
-    Ok(Sample {
+    let saved = Saved {
         create,
         files,
-        restore: at.duration_since(start),
-        resumed,
-        restore_from_spawn: at.duration_since(spawned),
-        rss_kib,
-        first_run_faults,
-        counts: (last, first),
+        last,
         boot_retried,
-    })
+    };
+    sample_after_resume(&mut restored, saved, spawned, start, timeout)
 }

@@ -2,6 +2,7 @@
 //! guest's counter followed, its page faults and memory read from /proc,
 //! and the evidence gathered when it fails.
 
+use super::report::{FileSizes, Sample};
 use super::{io, Result, SnapshotBenchError, COUNTER};
 use crate::boot::forward_console;
 use std::path::{Path, PathBuf};
@@ -202,6 +203,47 @@ pub fn check_first_count(vmm: &mut Vmm, last: u64, first: u64) -> Result<()> {
             "the restored guest's first count is {first}, the last saved was {last}"
         )))
     }
+}
+
+/// What the saving half of a round measured.
+pub struct Saved {
+    pub create: Duration,
+    pub files: FileSizes,
+    /// The last count before the save.
+    pub last: u64,
+    pub boot_retried: bool,
+}
+
+/// Called right after `restored` was told to run its guest again (`start`:
+/// when that request went out; `spawned`: when the restoring process
+/// started): follows the guest to its first count, checks that count goes
+/// on from `saved.last` and that the guest keeps counting, and makes the
+/// round's sample.
+pub fn sample_after_resume(
+    restored: &mut Vmm,
+    saved: Saved,
+    spawned: Instant,
+    start: Instant,
+    timeout: Duration,
+) -> Result<Sample> {
+    let resumed = start.elapsed();
+    let faults_at_resume = restored.faults();
+    let (at, first) = restored.wait_count(None, timeout)?;
+    let first_run_faults = restored.faults().saturating_sub(faults_at_resume);
+    let rss_kib = restored.rss_kib();
+    check_first_count(restored, saved.last, first)?;
+    restored.expect_counting_on(first, 2, Duration::from_secs(10))?;
+    Ok(Sample {
+        create: saved.create,
+        files: saved.files,
+        restore: at.duration_since(start),
+        resumed,
+        restore_from_spawn: at.duration_since(spawned),
+        rss_kib,
+        first_run_faults,
+        counts: (saved.last, first),
+        boot_retried: saved.boot_retried,
+    })
 }
 
 #[cfg(test)]

@@ -97,6 +97,12 @@ pub fn restore_vm(
         }
     }
     vm.set_pit2(&state.pit).map_err(kvm_err("KVM_SET_PIT2"))?;
+    if clock_realtime && state.clock.flags & KVM_CLOCK_REALTIME == 0 {
+        log::warn!(
+            "clock_realtime: the snapshot's clock has no wall time (its host's KVM did not \
+             report KVM_CLOCK_REALTIME); the guest clock goes on from where it stopped"
+        );
+    }
     vm.set_clock(&clock_to_set(&state.clock, clock_realtime))
         .map_err(kvm_err("KVM_SET_CLOCK"))?;
     for (_, chip) in chips {
