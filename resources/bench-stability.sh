@@ -8,7 +8,8 @@
 # vCPU's registers on a triple fault) and the test host's KVM trace.
 #   resources/bench-stability.sh [--runs N] [--hosts H] [--vcpus N] [--mem-mib N]
 #                                [--kernel vmlinux|bzImage] [--host-setup 'SHELL']
-#                                [testhost.sh options]
+#                                [--guest-args 'ARGS'] [testhost.sh options]
+# --guest-args adds kernel parameters to the guests of both VMMs.
 # --host-setup runs SHELL in the test host before the boots (experiments with
 # the test host's kernel settings); the test host's THP and khugepaged
 # counters are printed before and after.
@@ -17,13 +18,14 @@
 # up their counts at the end. Consoles: target/bench-stability-console-I.log.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-runs=100 hosts=1 vcpus=1 mem=128 kernel=vmlinux host_setup=""
+runs=100 hosts=1 vcpus=1 mem=128 kernel=vmlinux host_setup="" guest_args=""
 testhost_options=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) runs="$2"; shift 2 ;;
         --hosts) hosts="$2"; shift 2 ;;
         --host-setup) host_setup="$2"; shift 2 ;;
+        --guest-args) guest_args="$2"; shift 2 ;;
         --vcpus) vcpus="$2"; shift 2 ;;
         --mem-mib) mem="$2"; shift 2 ;;
         --kernel) kernel="$2"; shift 2 ;;
@@ -50,7 +52,7 @@ if [ -r /sys/kernel/tracing/trace ]; then
 else
     echo "bench-stability: no KVM trace in the test host; failures come without one"
 fi
-./brique-bench stability --runs $((runs / hosts)) --vcpus $vcpus --mem-mib $mem \
+BRIQUE_BENCH_GUEST_ARGS='$guest_args' ./brique-bench stability --runs $((runs / hosts)) --vcpus $vcpus --mem-mib $mem \
     --brique /brique/bin/brique --qemu /brique/qemu/bin/qemu-system-x86_64 \
     --qemu-datadir /brique/qemu/share \
     --kernel /brique/artifacts/$kernel --initrd /brique/artifacts/initramfs.cpio.gz \$trace

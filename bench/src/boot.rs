@@ -122,6 +122,13 @@ fn kernel_args(setup: &BootSetup, console: &str) -> String {
             setup.guest_action
         ),
     };
+    // Experiments (bench-stability.sh --guest-args) add kernel parameters.
+    if let Ok(extra) = std::env::var("BRIQUE_BENCH_GUEST_ARGS") {
+        if !extra.trim().is_empty() {
+            args.push(' ');
+            args.push_str(extra.trim());
+        }
+    }
     if let Some(run) = &setup.guest_run {
         args.push_str(&format!(" brique_run=\"{run}\""));
     }
