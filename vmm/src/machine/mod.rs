@@ -309,6 +309,13 @@ impl Machine {
         machine.event_loop = Some(EventLoop::start(parts.subscribers)?);
         if paused {
             machine.devices.raise_pending_interrupts();
+            let serial = machine
+                .serial
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Err(err) = serial.raise_pending_interrupt() {
+                log::warn!("restore: {err}");
+            }
         }
         Ok(machine)
     }
