@@ -98,6 +98,19 @@ fn assert_counts_in_order(letters: &[u8]) {
     }
 }
 
+/// A restored guest's letters go on from `last`, the letter printed
+/// before the save, one after the other.
+fn assert_goes_on_from(printed: &[u8], last: u8, context: &str) {
+    assert_eq!(
+        printed[0] as char,
+        next_letter(last) as char,
+        "{context}: the restored guest printed {:?} after {:?}",
+        String::from_utf8_lossy(&printed[..printed.len().min(10)]),
+        last as char
+    );
+    assert_counts_in_order(printed);
+}
+
 fn create(vm: &mut Brique, kind: &str, snapshot: &str, memory: &str) {
     vm.ok(
         "PUT",
@@ -144,14 +157,7 @@ fn a_restored_guest_goes_on_from_where_it_was_saved() {
     );
     assert_eq!(restored.state(), "Running");
     let printed = wait_for_letters(&restored, 30);
-    assert_eq!(
-        printed[0] as char,
-        next_letter(last) as char,
-        "the restored guest printed {:?} after {:?}",
-        String::from_utf8_lossy(&printed[..10]),
-        last as char
-    );
-    assert_counts_in_order(&printed);
+    assert_goes_on_from(&printed, last, "Full restore");
     // The configuration came with the snapshot.
     let config = restored.call("GET", "/vm/config", "");
     assert!(config.body.contains("\"mem_size_mib\":32"), "{config:?}");
@@ -189,14 +195,7 @@ fn a_guest_saved_right_after_a_port_write_does_not_write_it_again() {
             &load_body(&snapshot, &memory, true),
         );
         let printed = wait_for_letters(&restored, 30);
-        assert_eq!(
-            printed[0] as char,
-            next_letter(last) as char,
-            "round {round}: the restored guest printed {:?} after {:?}",
-            String::from_utf8_lossy(&printed[..10]),
-            last as char
-        );
-        assert_counts_in_order(&printed);
+        assert_goes_on_from(&printed, last, &format!("round {round}"));
         killed.push(std::mem::replace(&mut vm, restored));
     }
 }
@@ -252,12 +251,7 @@ fn a_diff_over_a_copy_of_the_full_memory_file_restores_the_later_state() {
         &load_body(&diff_state, &diff_memory, true),
     );
     let printed = wait_for_letters(&restored, 10);
-    assert_eq!(
-        printed[0],
-        next_letter(last),
-        "the diff restores the later state"
-    );
-    assert_counts_in_order(&printed);
+    assert_goes_on_from(&printed, last, "the diff restores the later state");
 }
 
 #[test]
