@@ -5,6 +5,7 @@ mod stop_signal;
 use brique_api::http::server::{self, Server};
 use brique_vmm::controller::{self, Controller, RequestReceiver};
 use brique_vmm::logger::LogLevel;
+use brique_vmm::seccomp::{self, FilterKind, Filters};
 use brique_vmm::threads::{self, ThreadKind};
 use brique_vmm::{ConsoleIo, VmConfig};
 use clap::Parser;
@@ -24,7 +25,8 @@ const EXIT_SETUP_FAILED: u8 = 2;
 /// then PUT /actions InstanceStart), and with both it boots and serves. The
 /// guest's serial console is brique's stdin and stdout. Exit status: 0 when
 /// the guest rebooted or powered off, 1 when it panicked, triple-faulted or a
-/// vCPU failed, 2 when the VM could not be set up.
+/// vCPU failed, 2 when the VM could not be set up, 148 when a thread made a
+/// system call its seccomp filter forbids.
 #[derive(Debug, Parser)]
 #[command(name = "brique", version, about, long_about)]
 struct Args {
@@ -54,6 +56,29 @@ struct Args {
     /// Log verbosity, on stderr (PUT /logger can change it).
     #[arg(long, default_value = "warning", value_parser = parse_level)]
     log_level: LogLevel,
+
+    /// Run without seccomp filters (every thread otherwise runs under its
+    /// kind's filter; a forbidden system call ends brique with status 148).
+    #[arg(long, conflicts_with = "seccomp_filter")]
+    no_seccomp: bool,
+
+    /// Use the seccomp filters of this JSON file (seccompiler's format, one
+    /// filter per thread kind: vmm, api, vcpu, and optionally devices and
+    /// signals, which otherwise take the vmm one) instead of brique's own.
+    #[arg(long, value_name = "FILE")]
+    seccomp_filter: Option<PathBuf>,
+}
+
+/// The seccomp filters the command line asks for.
+fn seccomp_filters(args: &Args) -> Result<Option<Filters>, String> {
+    if args.no_seccomp {
+        return Ok(None);
+    }
+    let filters = match &args.seccomp_filter {
+        Some(path) => Filters::from_json_file(path),
+        None => Filters::builtin(),
+    };
+    filters.map(Some).map_err(|err| err.to_string())
 }
 
 fn parse_level(text: &str) -> Result<LogLevel, String> {
@@ -103,6 +128,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         Some(path) => VmConfig::from_file(path).map_err(|err| err.to_string())?,
         None => VmConfig::default(),
     };
+    seccomp::configure(seccomp_filters(args)?).map_err(|err| err.to_string())?;
     let (handle, requests) = RequestReceiver::channel().map_err(|err| err.to_string())?;
     let _socket = match &args.api_sock {
         Some(path) => {
@@ -129,6 +155,8 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         input: Some(std::io::stdin().as_raw_fd()),
     });
     let stop = stop_signal::install().map_err(|err| format!("signal handlers: {err}"))?;
+    // The VMM thread's filter is in force before the first request or boot.
+    seccomp::confine_current_thread(FilterKind::Vmm).map_err(|err| err.to_string())?;
     let mut controller = Controller::new(config, console, args.id.clone());
     let terminal = brique_vmm::console::RawTerminal::enter();
     if args.config_file.is_some() {

@@ -175,3 +175,32 @@ fn missing_drive_file() {
         "drive data: cannot open /nonexistent/d.img",
     );
 }
+
+#[test]
+fn an_unreadable_or_invalid_seccomp_filter_file_is_a_setup_error() {
+    let dir = TempDir::new("seccomp-file");
+    let sock = dir.0.join("api.sock").to_string_lossy().into_owned();
+    let missing = brique(&[
+        "--api-sock",
+        &sock,
+        "--seccomp-filter",
+        "/nonexistent/f.json",
+    ]);
+    assert_config_error(
+        &missing,
+        "cannot read the seccomp filter file /nonexistent/f.json",
+    );
+    let invalid = dir.file("filter.json", r#"{"vmm": 3}"#);
+    let output = brique(&["--api-sock", &sock, "--seccomp-filter", &invalid]);
+    assert_config_error(&output, "is not a valid seccompiler JSON filter");
+    assert!(!dir.0.join("api.sock").exists(), "no socket left behind");
+    let both = brique(&[
+        "--api-sock",
+        &sock,
+        "--no-seccomp",
+        "--seccomp-filter",
+        &invalid,
+    ]);
+    assert_eq!(both.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
+}

@@ -1,7 +1,8 @@
-//! Every thread brique runs is started here, named by its kind, so that
-//! what each kind of thread may do (its seccomp filter, next) is decided in
-//! one place.
+//! Every thread brique runs is started here, named by its kind, and
+//! confined by its kind's seccomp filter before it runs anything else: what
+//! each kind of thread may do is decided in one place.
 
+use crate::seccomp::{self, FilterKind};
 use std::thread::JoinHandle;
 
 /// The kinds of thread brique runs.
@@ -29,13 +30,47 @@ impl ThreadKind {
     }
 }
 
-/// Starts a thread of `kind` running `body`.
-pub fn spawn<T, F>(kind: ThreadKind, body: F) -> std::io::Result<JoinHandle<T>>
+impl ThreadKind {
+    /// The seccomp filter threads of this kind run under.
+    pub fn filter(self) -> FilterKind {
+        match self {
+            Self::Api => FilterKind::Api,
+            Self::Vcpu(_) => FilterKind::Vcpu,
+            Self::DeviceLoop => FilterKind::Devices,
+            Self::GuestSignals => FilterKind::Signals,
+        }
+    }
+}
+
+/// Starts a thread of `kind` running `body`, once the thread has installed
+/// its seccomp filter (if brique runs with filters); a filter that cannot
+/// be installed is an error here, and `body` never runs.
+pub fn spawn<F>(kind: ThreadKind, body: F) -> std::io::Result<JoinHandle<()>>
 where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
+    F: FnOnce() + Send + 'static,
 {
-    std::thread::Builder::new().name(kind.name()).spawn(body)
+    let (confined_tx, confined) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(kind.name())
+        .spawn(move || {
+            let result = seccomp::confine_current_thread(kind.filter());
+            let ok = result.is_ok();
+            let _ = confined_tx.send(result);
+            if ok {
+                body();
+            }
+        })?;
+    match confined.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(err)) => {
+            let _ = thread.join();
+            Err(std::io::Error::other(err))
+        }
+        Err(_) => Err(std::io::Error::other(format!(
+            "thread {} ended before installing its seccomp filter",
+            kind.name()
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -44,13 +79,15 @@ mod tests {
 
     #[test]
     fn threads_carry_their_kind_in_their_name() {
-        let name = spawn(ThreadKind::Vcpu(3), || {
-            std::thread::current().name().map(str::to_owned)
+        let (name_tx, name) = std::sync::mpsc::channel();
+        spawn(ThreadKind::Vcpu(3), move || {
+            let _ = name_tx.send(std::thread::current().name().map(str::to_owned));
         })
         .unwrap()
         .join()
         .unwrap();
-        assert_eq!(name.as_deref(), Some("brique-vcpu3"));
+        assert_eq!(name.recv().unwrap().as_deref(), Some("brique-vcpu3"));
         assert_eq!(ThreadKind::DeviceLoop.name(), "brique-devices");
+        assert_eq!(ThreadKind::Vcpu(0).filter(), FilterKind::Vcpu);
     }
 }

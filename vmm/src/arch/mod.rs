@@ -21,6 +21,8 @@
 //! - snapshots: `ARCH_NAME`; `VcpuState` with `save_vcpu`, `restore_vcpu` and
 //!   `vcpu_paused`; `VmState` with `save_vm`, `restore_vm` (interrupt
 //!   controllers, timers, clock)
+//! - `seccomp`: the architecture's system calls and KVM ioctls in the
+//!   per-thread filters
 //! - `ArchError`: what can fail in the above
 
 #[cfg(target_arch = "x86_64")]

@@ -6,6 +6,7 @@ pub mod fdt;
 pub mod gic;
 pub mod layout;
 pub mod regs;
+pub mod seccomp;
 pub mod vcpu_state;
 pub mod vm_state;
 

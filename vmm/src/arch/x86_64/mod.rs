@@ -10,6 +10,7 @@ pub mod linux_boot;
 pub mod mptable;
 pub mod msr;
 pub mod regs;
+pub mod seccomp;
 pub mod vcpu_state;
 pub mod vm_state;
 
