@@ -77,6 +77,8 @@ run_step "aarch64 release build (the binary the arm64 test host runs)" \
     aarch64_cargo build --release -p brique-api
 run_step "aarch64 unit tests (qemu-user)" aarch64_cargo test -p brique-vmm -p brique-devices --lib
 
+run_step "static brique and brique-jailer (a jail holds the binary alone)" resources/build-static.sh
+
 test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
 retry_log=target/brique-testhost-retries.log  # written by tests/lib.rs

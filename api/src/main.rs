@@ -62,11 +62,53 @@ struct Args {
     #[arg(long, conflicts_with = "seccomp_filter")]
     no_seccomp: bool,
 
+    /// When the jailer started (CLOCK_MONOTONIC, microseconds): the time to
+    /// API socket ready goes to the api.process_startup_time_us metric.
+    #[arg(long, value_name = "US")]
+    start_time_us: Option<u64>,
+
+    /// The jailer's CPU time when it started (microseconds).
+    #[arg(long, value_name = "US")]
+    start_time_cpu_us: Option<u64>,
+
+    /// The jailer parent's CPU time when it forked brique's process into a
+    /// new PID namespace (microseconds).
+    #[arg(long, value_name = "US")]
+    parent_cpu_time_us: Option<u64>,
+
     /// Use the seccomp filters of this JSON file (seccompiler's format, one
     /// filter per thread kind: vmm, api, vcpu, and optionally devices and
     /// signals, which otherwise take the vmm one) instead of brique's own.
     #[arg(long, value_name = "FILE")]
     seccomp_filter: Option<PathBuf>,
+}
+
+/// The jailer-to-API-ready times, when a jailer gave its start times.
+fn record_startup_time(args: &Args) {
+    let api = &brique_vmm::metrics::METRICS.api;
+    if let Some(start) = args.start_time_us {
+        let now = clock_us(libc::CLOCK_MONOTONIC);
+        api.process_startup_time_us.add(now.saturating_sub(start));
+    }
+    if let Some(start_cpu) = args.start_time_cpu_us {
+        // After a fork into a new PID namespace this process's CPU clock
+        // restarted from 0: the parent's share is added.
+        let cpu = clock_us(libc::CLOCK_PROCESS_CPUTIME_ID) + args.parent_cpu_time_us.unwrap_or(0);
+        api.process_startup_time_cpu_us
+            .add(cpu.saturating_sub(start_cpu));
+    }
+}
+
+/// A clock's value in microseconds.
+fn clock_us(clock: libc::clockid_t) -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the struct we pass.
+    unsafe { libc::clock_gettime(clock, &mut now) };
+    u64::try_from(now.tv_sec).unwrap_or_default() * 1_000_000
+        + u64::try_from(now.tv_nsec).unwrap_or_default() / 1_000
 }
 
 /// The seccomp filters the command line asks for.
@@ -144,6 +186,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 log::error!("API server stopped: {err}");
             })
             .map_err(|err| format!("cannot start the API thread: {err}"))?;
+            record_startup_time(args);
             Some(socket)
         }
         None => None,

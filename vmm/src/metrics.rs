@@ -57,6 +57,11 @@ pub struct ApiMetrics {
     pub errors: Counter,
     /// Connections closed for malformed HTTP, oversized requests or idling.
     pub connections_dropped: Counter,
+    /// Microseconds from the jailer's start (`--start-time-us`) to the API
+    /// socket's being ready; 0 when brique was not started by a jailer.
+    pub process_startup_time_us: Counter,
+    /// CPU time spent in that span (jailer and brique), in microseconds.
+    pub process_startup_time_cpu_us: Counter,
 }
 
 /// vCPU exit counters, all vCPUs together.
@@ -90,6 +95,8 @@ impl Metrics {
                 requests: Counter::new(),
                 errors: Counter::new(),
                 connections_dropped: Counter::new(),
+                process_startup_time_us: Counter::new(),
+                process_startup_time_cpu_us: Counter::new(),
             },
             vcpu: VcpuMetrics {
                 exit_io_in: Counter::new(),

@@ -1,0 +1,198 @@
+//! The jail's files: its directory with a copy of the binary and the device
+//! nodes brique needs, then a new mount namespace pivoted into it.
+
+use crate::args::JailPlan;
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// What can fail while making the jail's files or entering it.
+#[derive(Debug, thiserror::Error)]
+pub enum JailFsError {
+    #[error("a jail for this id already exists: {0}")]
+    Exists(String),
+    #[error("cannot create {path}: {source}")]
+    Create { path: String, source: io::Error },
+    #[error("cannot copy {from} into the jail: {source}")]
+    Copy { from: String, source: io::Error },
+    #[error("cannot create the device node {path}: {source}")]
+    DeviceNode { path: String, source: io::Error },
+    #[error("cannot {what}: {source}")]
+    Mount {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+/// A character device brique needs in its jail.
+struct DeviceNode {
+    path: &'static str,
+    major: u32,
+    minor: u32,
+    mode: u32,
+}
+
+/// The kernel's fixed numbers for the devices brique opens.
+const KVM: DeviceNode = DeviceNode {
+    path: "dev/kvm",
+    major: 10,
+    minor: 232,
+    mode: 0o660,
+};
+const TUN: DeviceNode = DeviceNode {
+    path: "dev/net/tun",
+    major: 10,
+    minor: 200,
+    mode: 0o660,
+};
+const URANDOM: DeviceNode = DeviceNode {
+    path: "dev/urandom",
+    major: 1,
+    minor: 9,
+    mode: 0o666,
+};
+const NULL: DeviceNode = DeviceNode {
+    path: "dev/null",
+    major: 1,
+    minor: 3,
+    mode: 0o666,
+};
+
+/// Makes `<jail dir>/root` with the binary and device nodes, all owned by
+/// the jail's uid and gid. The jail directory must not exist yet.
+pub fn populate(plan: &JailPlan) -> Result<(), JailFsError> {
+    let create = |path: &Path, source| JailFsError::Create {
+        path: path.display().to_string(),
+        source,
+    };
+    if plan.jail_dir.exists() {
+        return Err(JailFsError::Exists(plan.jail_dir.display().to_string()));
+    }
+    if let Some(parent) = plan.jail_dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| create(parent, source))?;
+    }
+    // Made in one step, so that two jailers for one id cannot share it.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&plan.jail_dir)
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::AlreadyExists => {
+                JailFsError::Exists(plan.jail_dir.display().to_string())
+            }
+            _ => create(&plan.jail_dir, source),
+        })?;
+    let root = plan.root();
+    for dir in [root.clone(), root.join("dev"), root.join("dev/net")] {
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&dir)
+            .map_err(|source| create(&dir, source))?;
+    }
+    let binary = root.join(&plan.exec_name);
+    std::fs::copy(&plan.exec_file, &binary).map_err(|source| JailFsError::Copy {
+        from: plan.exec_file.display().to_string(),
+        source,
+    })?;
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755))
+        .map_err(|source| create(&binary, source))?;
+    let mut nodes = vec![KVM, TUN, URANDOM];
+    if plan.daemonize {
+        nodes.push(NULL);
+    }
+    for node in nodes {
+        make_node(&root, &node, plan.uid, plan.gid)?;
+    }
+    // brique creates its API socket and files in its root.
+    chown(&root, plan.uid, plan.gid).map_err(|source| create(&root, source))?;
+    // The jail directory itself only needs to be crossed.
+    std::fs::set_permissions(&plan.jail_dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(|source| create(&plan.jail_dir, source))
+}
+
+fn make_node(root: &Path, node: &DeviceNode, uid: u32, gid: u32) -> Result<(), JailFsError> {
+    let path = root.join(node.path);
+    let error = |source| JailFsError::DeviceNode {
+        path: format!("/{}", node.path),
+        source,
+    };
+    let c_path = c_path(&path).map_err(error)?;
+    // SAFETY: mknod reads the NUL-terminated path we own; it creates a
+    // device node and touches no memory of ours.
+    let made = unsafe {
+        libc::mknod(
+            c_path.as_ptr(),
+            libc::S_IFCHR | node.mode,
+            libc::makedev(node.major, node.minor),
+        )
+    };
+    if made != 0 {
+        return Err(error(io::Error::last_os_error()));
+    }
+    // mknod's mode is filtered by the umask: set it as asked.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(node.mode)).map_err(error)?;
+    chown(&path, uid, gid).map_err(error)
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// Enters a new mount namespace whose `/` is `root`: the host's mounts are
+/// no longer reachable, and nothing mounted here propagates back.
+pub fn pivot_into(root: &Path) -> Result<(), JailFsError> {
+    let fail = |what| move |source| JailFsError::Mount { what, source };
+    // SAFETY: unshare only changes this process's namespaces.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS) })
+        .map_err(fail("enter a new mount namespace"))?;
+    mount(None, Path::new("/"), libc::MS_SLAVE | libc::MS_REC)
+        .map_err(fail("stop mount propagation to the host"))?;
+    mount(Some(root), root, libc::MS_BIND | libc::MS_REC)
+        .map_err(fail("bind-mount the jail root on itself"))?;
+    std::env::set_current_dir(root).map_err(fail("enter the jail root"))?;
+    let old_root = PathBuf::from("old_root");
+    std::fs::create_dir(&old_root).map_err(fail("make the old root's mount point"))?;
+    let new = c_path(Path::new(".")).map_err(fail("name the new root"))?;
+    let old = c_path(&old_root).map_err(fail("name the old root"))?;
+    // SAFETY: pivot_root takes two NUL-terminated paths we own.
+    check(unsafe { libc::syscall(libc::SYS_pivot_root, new.as_ptr(), old.as_ptr()) } as i32)
+        .map_err(fail("pivot_root into the jail"))?;
+    std::env::set_current_dir("/").map_err(fail("enter the new /"))?;
+    let old = c_path(Path::new("/old_root")).map_err(fail("name the old root"))?;
+    // SAFETY: umount2 takes a NUL-terminated path we own.
+    check(unsafe { libc::umount2(old.as_ptr(), libc::MNT_DETACH) })
+        .map_err(fail("detach the host's file system"))?;
+    std::fs::remove_dir("/old_root").map_err(fail("remove the old root's mount point"))
+}
+
+fn mount(source: Option<&Path>, target: &Path, flags: libc::c_ulong) -> io::Result<()> {
+    let source = source.map(c_path).transpose()?;
+    let target = c_path(target)?;
+    // SAFETY: every pointer is NULL or a NUL-terminated string we own for
+    // the duration of the call; no data argument.
+    check(unsafe {
+        libc::mount(
+            source
+                .as_ref()
+                .map_or(std::ptr::null(), |path| path.as_ptr()),
+            target.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    })
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
