@@ -7,10 +7,12 @@
 //! (`resources/bench-boot.sh` does that; `--arch aarch64`: the arm64 test
 //! host, with a static arm64 build of this program). `brique-bench api` runs on any
 //! /dev/kvm (`resources/bench-api.sh`). `brique-bench snapshot` runs in
-//! the test host too (`resources/bench-snapshot.sh`).
+//! the test host too (`resources/bench-snapshot.sh`). `brique-bench
+//! confinement` runs on this machine's /dev/kvm (`resources/bench-confinement.sh`).
 
 mod api;
 mod boot;
+mod confinement;
 mod smaps;
 mod snapshot;
 mod stability;
@@ -134,6 +136,9 @@ enum Bench {
     /// Snapshot create and restore (load request to the guest running
     /// again), brique vs QEMU microvm's migration to a file.
     Snapshot(snapshot::Options),
+    /// What seccomp and the jailer cost: brique started without filters,
+    /// with them, and jailed, on this machine's /dev/kvm (tiny guest).
+    Confinement(confinement::Options),
 }
 
 fn main() -> ExitCode {
@@ -152,6 +157,7 @@ fn main() -> ExitCode {
         )),
         Bench::Api { iterations, vmms } => report(run_api(iterations, &vmms)),
         Bench::Snapshot(options) => report(snapshot::run(&options)),
+        Bench::Confinement(options) => report(confinement::run(&options)),
         Bench::Boot {
             runs,
             vmms,
