@@ -6,7 +6,8 @@
 #   (x86_64 and arm64), the aarch64 cross-build (Debian's rustc-web with the
 #   arm64 std) and the arm64 unit tests under qemu-user, and
 #   short fuzzing runs of the virtio-blk request parser, the virtio-net
-#   TX/RX paths, the API parsers and the snapshot state-file parser.
+#   TX/RX paths, the API parsers and the snapshot state-file parser, the
+#   supply-chain check (cargo-deny) and the reproducible-build check.
 # Every step runs even when an earlier one failed (a failed build or lint
 # does not hide test results; cargo test runs with --no-fail-fast), and the
 # run ends with one summary: each step's result, the failed tests, where the
@@ -99,6 +100,8 @@ fuzz() {
     return "$status"
 }
 run_step "fuzzing: virtio-blk requests, virtio-net frames, API requests and snapshot state files, briefly (cargo-fuzz, libFuzzer)" fuzz
+run_step "supply chain: licenses, duplicate crates, sources (cargo-deny)" resources/check-supply-chain.sh
+run_step "reproducible build: two release builds in two directories, same hashes" resources/check-reproducible.sh
 
 # ------------------------------------------------------------------ summary
 step "summary"

@@ -7,24 +7,7 @@
 //! `resources/build-static.sh` builds (the test command runs it first);
 //! without them the test says SKIPPED loudly.
 
-use brique_tests::{on_test_hosts, run_in_test_host_on, HostArch};
-use std::path::{Path, PathBuf};
-
-fn static_binary(name: &str) -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
-        "../target/static/{}-unknown-linux-gnu/debug/{name}",
-        std::env::consts::ARCH
-    ));
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "\n*** SKIPPED: no static {name} at {} (resources/build-static.sh builds it) ***\n",
-            path.display()
-        );
-        None
-    }
-}
+use brique_tests::{on_test_hosts, run_in_test_host_on, static_binary, HostArch};
 
 fn jailed_brique_boots_a_guest_within_its_cgroup_limit(arch: HostArch) {
     let (Some(brique), Some(jailer)) = (static_binary("brique"), static_binary("brique-jailer"))

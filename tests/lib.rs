@@ -276,6 +276,32 @@ pub fn skip_e2e() -> bool {
     false
 }
 
+/// A statically linked build of `name` (brique, brique-jailer), as a jail
+/// needs: `resources/build-static.sh` builds them (the test command runs it
+/// first); `BRIQUE_STATIC_DIR` names another directory. Says SKIPPED loudly
+/// when missing.
+pub fn static_binary(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("BRIQUE_STATIC_DIR").map_or_else(
+        || {
+            repo_root().join(format!(
+                "target/static/{}-unknown-linux-gnu/debug",
+                std::env::consts::ARCH
+            ))
+        },
+        PathBuf::from,
+    );
+    let path = dir.join(name);
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!(
+            "\n*** SKIPPED: no static {name} at {} (resources/build-static.sh builds it) ***\n",
+            path.display()
+        );
+        None
+    }
+}
+
 /// Whether /dev/kvm can be used; says SKIPPED loudly when not.
 pub fn kvm_available() -> bool {
     let ok = std::fs::OpenOptions::new()

@@ -9,36 +9,12 @@
 #![allow(clippy::unwrap_used)]
 
 use brique_tests::api_client::ApiClient;
-use brique_tests::kvm_available;
+use brique_tests::{kvm_available, static_binary};
 use brique_tests::tiny_guest::{elf_kernel, DOT_PRINTER};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// A statically linked brique (a jail holds the binary alone):
-/// `resources/build-static.sh` builds it, and the test command runs that
-/// first; `BRIQUE_STATIC` names another.
-fn static_brique() -> Option<PathBuf> {
-    let path = std::env::var_os("BRIQUE_STATIC").map_or_else(
-        || {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
-                "../target/static/{}-unknown-linux-gnu/debug/brique",
-                std::env::consts::ARCH
-            ))
-        },
-        PathBuf::from,
-    );
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "\n*** SKIPPED: no static brique at {} (resources/build-static.sh builds it) ***\n",
-            path.display()
-        );
-        None
-    }
-}
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no arguments and cannot fail.
@@ -102,7 +78,7 @@ fn a_jailed_brique_boots_a_guest_as_uid_123_behind_namespaces_and_seccomp() {
     if !can_jail() {
         return;
     }
-    let Some(brique) = static_brique() else {
+    let Some(brique) = static_binary("brique") else {
         return;
     };
     let base = Base::new("boot");
@@ -255,7 +231,7 @@ fn bad_input_gets_one_line_and_leaves_nothing_behind() {
         eprintln!("\n*** SKIPPED: brique-jailer tests need root ***\n");
         return;
     }
-    let Some(brique) = static_brique() else {
+    let Some(brique) = static_binary("brique") else {
         return;
     };
     let base = Base::new("bad");
