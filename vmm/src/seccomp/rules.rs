@@ -92,6 +92,10 @@ const VMM: &[Syscall] = &[
     syscall!(SYS_writev),
 ];
 
+/// The real-time signals glibc keeps for its threads (SIGCANCEL = 32,
+/// SIGSETXID = 33), below the SIGRTMIN it gives programs.
+const GLIBC_THREAD_SIGNALS: [u64; 2] = [32, 33];
+
 /// What a new thread calls before its own filter is in (glibc and std's
 /// thread start).
 const THREAD_START: &[Syscall] = &[syscall!(SYS_rseq), syscall!(SYS_set_robust_list)];
@@ -135,8 +139,9 @@ const DEVICES: &[Syscall] = &[
     syscall!(SYS_writev),
 ];
 
-/// The guest-signal forwarder only waits on a channel (futexes).
-const SIGNALS: &[Syscall] = &[syscall!(SYS_read)];
+/// The guest-signal forwarder waits on a channel (futexes); it reads and
+/// lets go of the guest's reset and panic eventfds.
+const SIGNALS: &[Syscall] = &[syscall!(SYS_read), syscall!(SYS_fcntl)];
 
 /// The allow-list of `kind`, as seccompiler rules by system call number.
 pub fn allowed(kind: FilterKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
@@ -191,6 +196,12 @@ pub fn allowed(kind: FilterKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Back
             let kick = crate::vcpu::kick_signal() as u64;
             rules.when(syscall!(SYS_tgkill), vec![arg_eq(2, kick)?])?;
             rules.when(syscall!(SYS_rt_sigaction), vec![arg_eq(0, kick)?])?;
+            // glibc installs its own thread signals' handlers (SIGCANCEL,
+            // SIGSETXID: the two below SIGRTMIN) when it starts the first
+            // thread, which may come after this filter.
+            for internal in GLIBC_THREAD_SIGNALS {
+                rules.when(syscall!(SYS_rt_sigaction), vec![arg_eq(0, internal)?])?;
+            }
         }
         FilterKind::Api => {
             rules.always(API);
