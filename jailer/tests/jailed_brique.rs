@@ -9,8 +9,8 @@
 #![allow(clippy::unwrap_used)]
 
 use brique_tests::api_client::ApiClient;
-use brique_tests::{kvm_available, static_binary};
 use brique_tests::tiny_guest::{elf_kernel, DOT_PRINTER};
+use brique_tests::{kvm_available, static_binary};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
