@@ -66,6 +66,12 @@ fn jailed_brique_boots_a_guest_within_its_cgroup_limit(arch: HostArch) {
         kill -0 "$pid" 2>/dev/null && echo TIGHT_STILL_RUNS
         echo "TIGHT_EVENTS $(tr '\n' ' ' < /sys/fs/cgroup/brique/tight/memory.events)"
         grep -q BRIQUE_GUEST_INIT_OK /tmp/tight.console && echo TIGHT_GUEST_BOOTED
+        # An unknown cgroup file: one line, exit 1, no jail and no cgroup left.
+        chroot $host /bin/brique-jailer --id bad-cg --exec-file /bin/brique --uid 123 --gid 123 \
+            --chroot-base-dir /srv/jailer --cgroup memory.nonsense=1 2> /tmp/bad-cg.err
+        echo "BADCG_EXIT=$? LINES=$(wc -l < /tmp/bad-cg.err) $(cat /tmp/bad-cg.err)"
+        [ -e $host/srv/jailer/brique/bad-cg ] && echo BADCG_JAIL_LEFT
+        [ -e /sys/fs/cgroup/brique/bad-cg ] && echo BADCG_CGROUP_LEFT
         sed 's/^/[stderr roomy] /' /tmp/roomy.err | tail -5
         sed 's/^/[stderr tight] /' /tmp/tight.err | tail -5
         "#;
@@ -127,6 +133,12 @@ fn jailed_brique_boots_a_guest_within_its_cgroup_limit(arch: HostArch) {
             "unexpected descriptor {target} in {fds}"
         );
     }
+    assert!(
+        console.contains("BADCG_EXIT=1 LINES=1 brique-jailer: unknown cgroup file memory.nonsense"),
+        "{console}"
+    );
+    assert!(!console.contains("BADCG_JAIL_LEFT"), "{console}");
+    assert!(!console.contains("BADCG_CGROUP_LEFT"), "{console}");
     // The tight jail's limit stops brique: the OOM killer ends it.
     assert!(!console.contains("TIGHT_STILL_RUNS"), "{console}");
     assert!(!console.contains("TIGHT_GUEST_BOOTED"), "{console}");
