@@ -208,30 +208,46 @@ pub fn plan(args: Args) -> Result<JailPlan, ArgsError> {
 }
 
 /// The program interpreter (dynamic loader) a 64-bit ELF file asks for,
-/// if it is one and asks for one (its PT_INTERP program header).
+/// if it is one and asks for one (its PT_INTERP program header). Reads the
+/// headers only, not the whole binary.
 fn elf_interpreter(path: &Path) -> Option<String> {
+    use std::os::unix::fs::FileExt;
     const PT_INTERP: u32 = 3;
-    let bytes = std::fs::read(path).ok()?;
-    let u16_at = |at: usize| Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
-    let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
-    let u64_at = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+    const MAX_INTERPRETER: usize = 4096;
+    let file = std::fs::File::open(path).ok()?;
+    let read = |offset: u64, len: usize| {
+        let mut bytes = vec![0; len];
+        file.read_exact_at(&mut bytes, offset).ok().map(|()| bytes)
+    };
+    let header = read(0, 64)?;
     // ELF magic, 64-bit class, little-endian.
-    if bytes.get(..6)? != b"\x7fELF\x02\x01" {
+    if header[..6] != *b"\x7fELF\x02\x01" {
         return None;
     }
-    let program_headers = usize::try_from(u64_at(0x20)?).ok()?;
-    let entry_size = usize::from(u16_at(0x36)?);
-    let count = usize::from(u16_at(0x38)?);
-    (0..count).find_map(|index| {
-        let header = program_headers.checked_add(index.checked_mul(entry_size)?)?;
-        if u32_at(header)? != PT_INTERP {
+    let u16_at =
+        |bytes: &[u8], at: usize| Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
+    let u32_at =
+        |bytes: &[u8], at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    let u64_at =
+        |bytes: &[u8], at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+    let table = u64_at(&header, 0x20)?;
+    let entry_size = usize::from(u16_at(&header, 0x36)?);
+    let count = usize::from(u16_at(&header, 0x38)?);
+    if entry_size < 0x28 {
+        return None;
+    }
+    let headers = read(table, entry_size.checked_mul(count)?)?;
+    headers.chunks_exact(entry_size).find_map(|entry| {
+        if u32_at(entry, 0)? != PT_INTERP {
             return None;
         }
-        let offset = usize::try_from(u64_at(header + 8)?).ok()?;
-        let size = usize::try_from(u64_at(header + 32)?).ok()?;
-        let name = bytes.get(offset..offset.checked_add(size)?)?;
+        let offset = u64_at(entry, 8)?;
+        let size = usize::try_from(u64_at(entry, 32)?)
+            .ok()?
+            .min(MAX_INTERPRETER);
+        let name = read(offset, size)?;
         Some(
-            String::from_utf8_lossy(name)
+            String::from_utf8_lossy(&name)
                 .trim_end_matches('\0')
                 .to_owned(),
         )
