@@ -6,6 +6,7 @@
 //! testable in an ordinary unit test.
 
 pub mod bus;
+pub mod console_sink;
 pub mod i8042;
 pub mod rtc;
 pub mod serial;

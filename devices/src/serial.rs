@@ -1,9 +1,11 @@
 //! The 16550 UART console (COM1, port 0x3f8, IRQ 4), built on
 //! `vm_superio::Serial`. Guest output goes to a host writer (brique's stdout)
 //! through a [`ConsoleOutput`] that also watches for the guest kernel's panic
-//! banner; host input is queued into the UART's receive FIFO.
+//! banner (whole lines at a time through a `ConsoleSink`); host input is
+//! queued into the UART's receive FIFO.
 
 use crate::bus::BusDevice;
+use crate::console_sink::ConsoleSink;
 use crate::state::StateError;
 use crate::EventFdTrigger;
 use serde::{Deserialize, Serialize};
@@ -126,8 +128,14 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Where the UART's output goes: a host writer, plus an optional watcher.
 pub struct ConsoleOutput {
-    out: Box<dyn Write + Send>,
+    out: OutputTarget,
     watcher: Option<PanicWatcher>,
+}
+
+/// A writer flushed after every byte, or a line-buffered [`ConsoleSink`].
+enum OutputTarget {
+    Direct(Box<dyn Write + Send>),
+    Lines(Arc<ConsoleSink>),
 }
 
 impl std::fmt::Debug for ConsoleOutput {
@@ -139,9 +147,22 @@ impl std::fmt::Debug for ConsoleOutput {
 }
 
 impl ConsoleOutput {
-    /// Output to `out`, scanned by `watcher` when given.
+    /// Output to `out`, flushed after every byte, scanned by `watcher` when
+    /// given.
     pub fn new(out: Box<dyn Write + Send>, watcher: Option<PanicWatcher>) -> Self {
-        Self { out, watcher }
+        Self {
+            out: OutputTarget::Direct(out),
+            watcher,
+        }
+    }
+
+    /// Output to `sink`, whole lines at a time (the device loop writes out
+    /// partial lines when the sink's timer fires), scanned by `watcher`.
+    pub fn line_buffered(sink: Arc<ConsoleSink>, watcher: Option<PanicWatcher>) -> Self {
+        Self {
+            out: OutputTarget::Lines(sink),
+            watcher,
+        }
     }
 }
 
@@ -150,14 +171,23 @@ impl Write for ConsoleOutput {
         if let Some(watcher) = &mut self.watcher {
             watcher.feed(buf);
         }
-        // A console whose reader went away must not stop the guest.
-        match self.out.write_all(buf) {
-            Ok(()) | Err(_) => Ok(buf.len()),
+        match &mut self.out {
+            // A console whose reader went away must not stop the guest.
+            OutputTarget::Direct(out) => {
+                let _ = out.write_all(buf);
+            }
+            OutputTarget::Lines(sink) => sink.write_guest_bytes(buf),
         }
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let _ = self.out.flush();
+        match &mut self.out {
+            OutputTarget::Direct(out) => {
+                let _ = out.flush();
+            }
+            OutputTarget::Lines(sink) => sink.guest_flushed(),
+        }
         Ok(())
     }
 }

@@ -1,6 +1,8 @@
 //! The host side of the serial console: brique's stdin feeds the guest's
 //! UART (raw mode when stdin is a terminal), paced by the UART's FIFO.
+//! Its output side writes out partial lines when their timer fires.
 
+use brique_devices::console_sink::ConsoleSink;
 use brique_devices::serial::SerialConsole;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::os::fd::{AsRawFd, RawFd};
@@ -36,6 +38,32 @@ impl Drop for RawTerminal {
         if let Err(err) = std::io::stdin().lock().set_canon_mode() {
             log::warn!("cannot restore the terminal: {err}");
         }
+    }
+}
+
+/// Writes out the console's partial line when its timer fires (see
+/// `brique_devices::console_sink`).
+#[derive(Debug)]
+pub struct ConsoleFlusher {
+    sink: Arc<ConsoleSink>,
+}
+
+impl ConsoleFlusher {
+    /// Watches `sink`'s partial-line timer.
+    pub fn new(sink: Arc<ConsoleSink>) -> Self {
+        Self { sink }
+    }
+}
+
+impl MutEventSubscriber for ConsoleFlusher {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(err) = ops.add(Events::new_raw(self.sink.as_raw_fd(), EventSet::IN)) {
+            log::warn!("console: partial lines wait for their newline: {err:?}");
+        }
+    }
+
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        self.sink.flush_partial_line();
     }
 }
 

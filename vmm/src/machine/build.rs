@@ -8,7 +8,7 @@
 use super::{open, Machine, MachineError, Payload};
 use crate::arch;
 use crate::config::{ConfigError, HostLimits, MachineConfig, VmConfig};
-use crate::console::ConsoleInput;
+use crate::console::{ConsoleFlusher, ConsoleInput};
 use crate::event_loop::{GuestSignal, GuestSignalWatcher, Subscriber};
 use crate::guest_ram::RamBacking;
 use crate::persist::MicrovmState;
@@ -16,6 +16,7 @@ use crate::vcpu::{IoBuses, Vcpu};
 use crate::virtio_devices::{AttachedDevices, VirtioAttacher};
 use crate::vm::Vm;
 use crate::ConsoleIo;
+use brique_devices::console_sink::ConsoleSink;
 use brique_devices::serial::{
     ConsoleOutput, GuestPanicReport, PanicWatcher, SerialConsole, SerialConsoleState,
 };
@@ -33,6 +34,7 @@ pub(super) struct Parts {
     pub(super) irqchip: arch::InterruptController,
     pub(super) vcpus: Vec<Vcpu>,
     pub(super) serial: Arc<Mutex<SerialConsole>>,
+    pub(super) console: Arc<ConsoleSink>,
     pub(super) legacy: arch::LegacyDevices,
     pub(super) devices: AttachedDevices,
     pub(super) subscribers: Vec<Subscriber>,
@@ -67,6 +69,7 @@ pub(crate) fn clone_evt(evt: &EventFd) -> Result<EventFd, MachineError> {
 struct FixedDevices {
     buses: IoBuses,
     serial: Arc<Mutex<SerialConsole>>,
+    console: Arc<ConsoleSink>,
     legacy: arch::LegacyDevices,
     subscribers: Vec<Subscriber>,
     panic_report: GuestPanicReport,
@@ -84,8 +87,12 @@ fn fixed_devices(
     let reset_evt = eventfd()?;
     let serial_irq = eventfd()?;
     let input_drained = eventfd()?;
-    let output = ConsoleOutput::new(
-        console.output,
+    let sink = Arc::new(
+        ConsoleSink::new(console.output)
+            .map_err(|err| MachineError::Device(format!("console output: {err}")))?,
+    );
+    let output = ConsoleOutput::line_buffered(
+        sink.clone(),
         Some(PanicWatcher::new(
             panic_report.clone(),
             EventFdTrigger::new(clone_evt(&panic_evt)?),
@@ -108,11 +115,14 @@ fn fixed_devices(
         &reset_evt,
         saved.map(|(_, legacy)| legacy),
     )?;
-    let mut subscribers: Vec<Subscriber> = vec![Arc::new(Mutex::new(GuestSignalWatcher::new(
-        reset_evt,
-        panic_evt,
-        guest_signal_sender,
-    )))];
+    let mut subscribers: Vec<Subscriber> = vec![
+        Arc::new(Mutex::new(GuestSignalWatcher::new(
+            reset_evt,
+            panic_evt,
+            guest_signal_sender,
+        ))),
+        Arc::new(Mutex::new(ConsoleFlusher::new(sink.clone()))),
+    ];
     if let Some(input) = console.input {
         subscribers.push(Arc::new(Mutex::new(ConsoleInput::new(
             input,
@@ -123,6 +133,7 @@ fn fixed_devices(
     Ok(FixedDevices {
         buses,
         serial,
+        console: sink,
         legacy,
         subscribers,
         panic_report,
@@ -147,6 +158,7 @@ impl FixedDevices {
             irqchip,
             vcpus,
             serial: self.serial,
+            console: self.console,
             legacy: self.legacy,
             devices,
             subscribers,

@@ -16,6 +16,7 @@ use crate::threads::{self, ThreadKind};
 use crate::vcpu::{self, IoBuses, Vcpu, VcpuControl, VcpuRequest, VcpuStop};
 use crate::virtio_devices::{open_disk, AttachedDevices, VirtioSetupError};
 use crate::vm::{Vm, VmError};
+use brique_devices::console_sink::ConsoleSink;
 use brique_devices::serial::{GuestPanicReport, SerialConsole};
 use brique_devices::GuestMemoryMmap;
 use build::Parts;
@@ -225,6 +226,8 @@ pub struct Machine {
     events: Receiver<MachineEvent>,
     events_ready: Arc<EventFd>,
     serial: Arc<Mutex<SerialConsole>>,
+    /// The console's host side: what it holds is written out at the end.
+    console: Arc<ConsoleSink>,
     legacy: arch::LegacyDevices,
     devices: AttachedDevices,
     /// Started last (see [`Machine::start`]).
@@ -286,6 +289,7 @@ impl Machine {
             events,
             events_ready,
             serial: parts.serial,
+            console: parts.console,
             legacy: parts.legacy,
             devices: parts.devices,
             event_loop: None,
@@ -368,6 +372,8 @@ impl Machine {
             return Err(MachineError::PauseTimeout(PAUSE_TIMEOUT));
         }
         self.paused = true;
+        // What the guest printed before it stopped is on the console now.
+        self.console.flush_now();
         Ok(())
     }
 
@@ -536,6 +542,7 @@ impl Machine {
         if let Some(event_loop) = self.event_loop.as_mut() {
             event_loop.stop();
         }
+        self.console.flush_now();
     }
 }
 

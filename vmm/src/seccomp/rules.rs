@@ -88,6 +88,7 @@ const VMM: &[Syscall] = &[
     syscall!(SYS_renameat),
     syscall!(SYS_statx),
     syscall!(SYS_sysinfo),
+    syscall!(SYS_timerfd_create),
     syscall!(SYS_unlinkat),
     syscall!(SYS_writev),
 ];
@@ -119,6 +120,8 @@ const VCPU: &[Syscall] = &[
     syscall!(SYS_eventfd2),
     syscall!(SYS_fcntl),
     syscall!(SYS_read),
+    // The console's partial-line timer (brique_devices::console_sink).
+    syscall!(SYS_timerfd_settime),
 ];
 
 /// The device event loop: block and net I/O, console input, interrupts.
