@@ -82,8 +82,13 @@ kill9() {
 # prefix TAG: each line of stdin as "[TAG] line", the last one too when it
 # was cut short (a killed guest's console ends mid-line).
 prefix() { awk -v tag="[$1] " '{ gsub(/\r/, ""); print tag $0 }'; }
-show() { prefix "$1" < "/tmp/$1.out"; prefix "$1:stderr" < "/tmp/$1.err"; }
-show_joined() { cat "/tmp/$1" "/tmp/$2.out" | prefix "$3"; }
+# complete_lines FILE: FILE without a last line the guest had not finished
+# (a brique killed with -9 while the guest was printing it).
+complete_lines() { if [ -n "$(tail -c 1 "$1")" ]; then sed '$d' "$1"; else cat "$1"; fi; }
+show() { complete_lines "/tmp/$1.out" | prefix "$1"; prefix "$1:stderr" < "/tmp/$1.err"; }
+# show_joined SAVED VM LABEL: the console saved at the snapshot, then the
+# restored VM's (a line cut by the snapshot goes on in the second).
+show_joined() { cat "/tmp/$1" "/tmp/$2.out" > /tmp/joined; complete_lines /tmp/joined | prefix "$3"; }
 # ping_vm VM TAP IP LABEL: pings the guest; when it does not answer, says
 # where the packets stop: the host tap's counters, brique's device counters
 # (metrics), the guest's interface counters and interrupts, twice.
