@@ -41,11 +41,19 @@ JSON
         # Typed once the guest's init runs: bytes sent earlier can be lost
         # when the guest's serial driver resets the UART FIFO, as on real
         # hardware.
-        wait_for_line "/tmp/$name.out" BRIQUE_GUEST_INIT_OK "$pid" 240
-        sleep 1
-        cat "$BRIQUE_STDIN" >&3
-        wait_or_kill "$pid" "$name"
-        status=$?
+        # Both waits together stay well inside the test host's own time
+        # limit, so that a guest that never gets there is reported (with
+        # brique's threads) instead of the whole run timing out silently.
+        if wait_for_line "/tmp/$name.out" BRIQUE_GUEST_INIT_OK "$pid" 120; then
+            sleep 1
+            cat "$BRIQUE_STDIN" >&3
+            BRIQUE_CASE_TIMEOUT=120 wait_or_kill "$pid" "$name"
+            status=$?
+        else
+            echo "BRIQUE_CASE_NOTE $name: no BRIQUE_GUEST_INIT_OK within 120 s (or brique ended)"
+            BRIQUE_CASE_TIMEOUT=1 wait_or_kill "$pid" "$name"
+            status=$?
+        fi
         exec 3>&-
     else
         "$BRIQUE" --config-file "/tmp/$name.json" < /dev/null > "/tmp/$name.out" 2> "/tmp/$name.err" &
