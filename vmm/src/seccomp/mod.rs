@@ -176,27 +176,21 @@ impl Filters {
         }
         let mut programs = HashMap::new();
         for kind in FilterKind::ALL {
-            let program = match compiled.get(kind.key()) {
-                Some(program) => program.clone(),
-                None if matches!(kind, FilterKind::Devices | FilterKind::Signals) => {
-                    match compiled.get(FilterKind::Vmm.key()) {
-                        Some(program) => program.clone(),
-                        None => {
-                            return Err(SeccompError::MissingKind {
-                                path: path.to_owned(),
-                                kind: FilterKind::Vmm.key(),
-                            })
-                        }
-                    }
-                }
-                None => {
-                    return Err(SeccompError::MissingKind {
-                        path: path.to_owned(),
-                        kind: kind.key(),
-                    })
-                }
-            };
-            programs.insert(kind, vec![program]);
+            // The helper threads take the vmm filter (checked first) where
+            // the file has none of theirs.
+            let helper = matches!(kind, FilterKind::Devices | FilterKind::Signals);
+            let program = compiled
+                .get(kind.key())
+                .or_else(|| {
+                    helper
+                        .then(|| compiled.get(FilterKind::Vmm.key()))
+                        .flatten()
+                })
+                .ok_or_else(|| SeccompError::MissingKind {
+                    path: path.to_owned(),
+                    kind: kind.key(),
+                })?;
+            programs.insert(kind, vec![program.clone()]);
         }
         Ok(Filters { programs })
     }

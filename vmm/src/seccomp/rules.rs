@@ -8,7 +8,7 @@ use super::ioctls;
 use super::FilterKind;
 use crate::arch;
 use seccompiler::{BackendError, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A system call: its number on this host and its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,19 +152,19 @@ pub fn allowed(kind: FilterKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Back
     rules.always(EVERY_THREAD);
     rules.always(arch::seccomp::every_thread());
     // Memory may be mapped and protected, never made executable.
-    rules.when(syscall!(SYS_mmap), vec![no_exec(2)?])?;
-    rules.when(syscall!(SYS_mprotect), vec![no_exec(2)?])?;
+    rules.when(syscall!(SYS_mmap), vec![no_exec(2)?]);
+    rules.when(syscall!(SYS_mprotect), vec![no_exec(2)?]);
     // abort() (panic = "abort") raises SIGABRT, resetting its handler first.
-    rules.when(syscall!(SYS_tgkill), vec![arg_eq(2, libc::SIGABRT as u64)?])?;
+    rules.when(syscall!(SYS_tgkill), vec![arg_eq(2, libc::SIGABRT as u64)?]);
     rules.when(
         syscall!(SYS_rt_sigaction),
         vec![arg_eq(0, libc::SIGABRT as u64)?],
-    )?;
+    );
     match kind {
         FilterKind::Vmm => {
             rules.always(VMM);
             rules.always(arch::seccomp::vmm_thread());
-            rules.ioctls(&ioctls::vmm())?;
+            rules.ioctls(&ioctls::vmm());
             // The threads the VMM thread starts inherit its filter, and the
             // kernel applies every filter a thread has: what they do, their
             // start (before their own filter is in) included, must pass here
@@ -173,7 +173,7 @@ pub fn allowed(kind: FilterKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Back
             rules.always(DEVICES);
             rules.always(SIGNALS);
             rules.always(arch::seccomp::waiting_threads());
-            rules.ioctls(&ioctls::vcpu())?;
+            rules.ioctls(&ioctls::vcpu());
             rules.always(THREAD_START);
             rules.when(
                 syscall!(SYS_prctl),
@@ -181,11 +181,11 @@ pub fn allowed(kind: FilterKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Back
                     arg_eq(0, libc::PR_SET_NAME as u64)?,
                     arg_eq(0, libc::PR_SET_NO_NEW_PRIVS as u64)?,
                 ],
-            )?;
+            );
             rules.when(
                 syscall!(SYS_seccomp),
                 vec![arg_eq(0, libc::SECCOMP_SET_MODE_FILTER as u64)?],
-            )?;
+            );
             // Threads only, never a new process. clone3 passes this list
             // so that the ENOSYS filter's answer is the one that counts
             // (the kernel takes the strictest of a thread's filters, and a
@@ -194,26 +194,26 @@ pub fn allowed(kind: FilterKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Back
             rules.when(
                 syscall!(SYS_clone),
                 vec![masked_eq(0, libc::CLONE_THREAD as u64)?],
-            )?;
+            );
             // Kicking vCPUs out of KVM_RUN, and the vCPU kick handler.
             let kick = crate::vcpu::kick_signal() as u64;
-            rules.when(syscall!(SYS_tgkill), vec![arg_eq(2, kick)?])?;
-            rules.when(syscall!(SYS_rt_sigaction), vec![arg_eq(0, kick)?])?;
+            rules.when(syscall!(SYS_tgkill), vec![arg_eq(2, kick)?]);
+            rules.when(syscall!(SYS_rt_sigaction), vec![arg_eq(0, kick)?]);
             // glibc installs its own thread signals' handlers (SIGCANCEL,
             // SIGSETXID: the two below SIGRTMIN) when it starts the first
             // thread, which may come after this filter.
             for internal in GLIBC_THREAD_SIGNALS {
-                rules.when(syscall!(SYS_rt_sigaction), vec![arg_eq(0, internal)?])?;
+                rules.when(syscall!(SYS_rt_sigaction), vec![arg_eq(0, internal)?]);
             }
         }
         FilterKind::Api => {
             rules.always(API);
             rules.always(arch::seccomp::waiting_threads());
-            rules.ioctls(&ioctls::api())?;
+            rules.ioctls(&ioctls::api());
         }
         FilterKind::Vcpu => {
             rules.always(VCPU);
-            rules.ioctls(&ioctls::vcpu())?;
+            rules.ioctls(&ioctls::vcpu());
         }
         FilterKind::Devices => {
             rules.always(DEVICES);
@@ -221,7 +221,7 @@ pub fn allowed(kind: FilterKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Back
         }
         FilterKind::Signals => rules.always(SIGNALS),
     }
-    Ok(rules.by_number)
+    rules.finish()
 }
 
 /// System calls that answer ENOSYS instead of trapping: clone3, whose
@@ -297,7 +297,8 @@ const NOTABLE: &[Syscall] = &[
 #[derive(Default)]
 struct Rules {
     by_number: BTreeMap<i64, Vec<SeccompRule>>,
-    unconditional: std::collections::BTreeSet<i64>,
+    unconditional: BTreeSet<i64>,
+    ioctl_requests: BTreeSet<u64>,
 }
 
 impl Rules {
@@ -309,20 +310,31 @@ impl Rules {
     }
 
     /// Allowed when any one of `rules` matches.
-    fn when(&mut self, syscall: Syscall, rules: Vec<SeccompRule>) -> Result<(), BackendError> {
+    fn when(&mut self, syscall: Syscall, rules: Vec<SeccompRule>) {
         if !self.unconditional.contains(&syscall.nr) {
             self.by_number.entry(syscall.nr).or_default().extend(rules);
         }
-        Ok(())
     }
 
-    /// `ioctl` with one of these request numbers.
-    fn ioctls(&mut self, requests: &[u64]) -> Result<(), BackendError> {
-        let rules = requests
+    /// `ioctl` with one of these request numbers (each kept once, however
+    /// many lists name it).
+    fn ioctls(&mut self, requests: &[u64]) {
+        self.ioctl_requests.extend(requests);
+    }
+
+    /// The rules by number, with one `ioctl` rule per request, in
+    /// ascending order: KVM's argument-less requests, KVM_RUN among them,
+    /// come first, so a vCPU's KVM_RUN is matched after few comparisons.
+    fn finish(mut self) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
+        let ioctl_rules = self
+            .ioctl_requests
             .iter()
             .map(|&request| arg_eq(1, request))
             .collect::<Result<Vec<_>, _>>()?;
-        self.when(syscall!(SYS_ioctl), rules)
+        if !ioctl_rules.is_empty() {
+            self.when(syscall!(SYS_ioctl), ioctl_rules);
+        }
+        Ok(self.by_number)
     }
 }
 
