@@ -126,16 +126,11 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         .position(|window| window == needle)
 }
 
-/// Where the UART's output goes: a host writer, plus an optional watcher.
+/// Where the UART's output goes: the host's [`ConsoleSink`], plus an
+/// optional watcher.
 pub struct ConsoleOutput {
-    out: OutputTarget,
+    sink: Arc<ConsoleSink>,
     watcher: Option<PanicWatcher>,
-}
-
-/// A writer flushed after every byte, or a line-buffered [`ConsoleSink`].
-enum OutputTarget {
-    Direct(Box<dyn Write + Send>),
-    Lines(Arc<ConsoleSink>),
 }
 
 impl std::fmt::Debug for ConsoleOutput {
@@ -147,22 +142,11 @@ impl std::fmt::Debug for ConsoleOutput {
 }
 
 impl ConsoleOutput {
-    /// Output to `out`, flushed after every byte, scanned by `watcher` when
-    /// given.
-    pub fn new(out: Box<dyn Write + Send>, watcher: Option<PanicWatcher>) -> Self {
-        Self {
-            out: OutputTarget::Direct(out),
-            watcher,
-        }
-    }
-
     /// Output to `sink`, whole lines at a time (the device loop writes out
-    /// partial lines when the sink's timer fires), scanned by `watcher`.
-    pub fn line_buffered(sink: Arc<ConsoleSink>, watcher: Option<PanicWatcher>) -> Self {
-        Self {
-            out: OutputTarget::Lines(sink),
-            watcher,
-        }
+    /// partial lines when the sink's timer fires), scanned by `watcher`
+    /// when given.
+    pub fn new(sink: Arc<ConsoleSink>, watcher: Option<PanicWatcher>) -> Self {
+        Self { sink, watcher }
     }
 }
 
@@ -171,23 +155,12 @@ impl Write for ConsoleOutput {
         if let Some(watcher) = &mut self.watcher {
             watcher.feed(buf);
         }
-        match &mut self.out {
-            // A console whose reader went away must not stop the guest.
-            OutputTarget::Direct(out) => {
-                let _ = out.write_all(buf);
-            }
-            OutputTarget::Lines(sink) => sink.write_guest_bytes(buf),
-        }
+        self.sink.write_guest_bytes(buf);
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match &mut self.out {
-            OutputTarget::Direct(out) => {
-                let _ = out.flush();
-            }
-            OutputTarget::Lines(sink) => sink.guest_flushed(),
-        }
+        self.sink.guest_flushed();
         Ok(())
     }
 }
@@ -373,13 +346,17 @@ mod tests {
         EventFd::new(EFD_NONBLOCK).unwrap()
     }
 
+    fn sink(out: impl Write + Send + 'static) -> Arc<ConsoleSink> {
+        Arc::new(ConsoleSink::new(Box::new(out)).unwrap())
+    }
+
     #[test]
     fn guest_output_reaches_the_host_writer() {
         let out = SharedBuffer::default();
         let irq = evt();
         let mut console = SerialConsole::new(
             EventFdTrigger::new(irq.try_clone().unwrap()),
-            ConsoleOutput::new(Box::new(out.clone()), None),
+            ConsoleOutput::new(sink(out.clone()), None),
             None,
         );
         for byte in b"hi\n" {
@@ -394,7 +371,7 @@ mod tests {
         let drained = evt();
         let mut console = SerialConsole::new(
             EventFdTrigger::new(irq.try_clone().unwrap()),
-            ConsoleOutput::new(Box::new(io::sink()), None),
+            ConsoleOutput::new(sink(io::sink()), None),
             Some(EventFdTrigger::new(drained.try_clone().unwrap())),
         );
         // Enable the "received data available" interrupt (IER bit 0).
@@ -420,7 +397,7 @@ mod tests {
         let irq = evt();
         let mut console = SerialConsole::new(
             EventFdTrigger::new(irq.try_clone().unwrap()),
-            ConsoleOutput::new(Box::new(io::sink()), None),
+            ConsoleOutput::new(sink(io::sink()), None),
             None,
         );
         console.write(3, &[0x83]); // DLAB on
@@ -438,7 +415,7 @@ mod tests {
         let mut restored = SerialConsole::restore(
             &saved,
             EventFdTrigger::new(new_irq.try_clone().unwrap()),
-            ConsoleOutput::new(Box::new(io::sink()), None),
+            ConsoleOutput::new(sink(io::sink()), None),
             None,
         )
         .unwrap();
@@ -468,7 +445,7 @@ mod tests {
         assert!(SerialConsole::restore(
             &overfull,
             EventFdTrigger::new(evt()),
-            ConsoleOutput::new(Box::new(io::sink()), None),
+            ConsoleOutput::new(sink(io::sink()), None),
             None,
         )
         .is_err());
@@ -478,7 +455,7 @@ mod tests {
     fn full_fifo_takes_nothing_more() {
         let mut console = SerialConsole::new(
             EventFdTrigger::new(evt()),
-            ConsoleOutput::new(Box::new(io::sink()), None),
+            ConsoleOutput::new(sink(io::sink()), None),
             None,
         );
         let capacity = console.input_capacity();

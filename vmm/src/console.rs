@@ -185,7 +185,10 @@ mod tests {
         let drained = EventFd::new(EFD_NONBLOCK).unwrap();
         let serial = Arc::new(Mutex::new(SerialConsole::new(
             EventFdTrigger::new(EventFd::new(EFD_NONBLOCK).unwrap()),
-            ConsoleOutput::new(Box::new(std::io::sink()), None),
+            ConsoleOutput::new(
+                Arc::new(ConsoleSink::new(Box::new(std::io::sink())).unwrap()),
+                None,
+            ),
             Some(EventFdTrigger::new(drained.try_clone().unwrap())),
         )));
         let capacity = serial.lock().unwrap().input_capacity();

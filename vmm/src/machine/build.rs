@@ -91,7 +91,7 @@ fn fixed_devices(
         ConsoleSink::new(console.output)
             .map_err(|err| MachineError::Device(format!("console output: {err}")))?,
     );
-    let output = ConsoleOutput::line_buffered(
+    let output = ConsoleOutput::new(
         sink.clone(),
         Some(PanicWatcher::new(
             panic_report.clone(),
