@@ -84,10 +84,10 @@ if [ "$mode" = direct ]; then
     config="$(mktemp)"
     if [ "$arch" = aarch64 ]; then
         write_config "$GUEST_AARCH64_IMAGE" "$GUEST_AARCH64_INITRAMFS" "$config"
-        exec "$brique_bin" --config-file "$config"
+        exec "$brique_bin" --no-api --config-file "$config"
     fi
     write_config "$GUEST_VMLINUX" "$GUEST_INITRAMFS" "$config"
-    exec target/release/brique --config-file "$config"
+    exec target/release/brique --no-api --config-file "$config"
 fi
 
 if [ "$arch" = aarch64 ]; then
@@ -103,7 +103,7 @@ else
     write_config /brique/artifacts/vmlinux /brique/artifacts/initramfs.cpio.gz "$dir/vm.json"
 fi
 cat > "$dir/run.sh" <<'EOF2'
-/brique/bin/brique --config-file vm.json
+/brique/bin/brique --no-api --config-file vm.json
 status=$?
 echo "brique exited with status $status"
 exit $status

@@ -76,7 +76,7 @@ fn flushed_data_survives_kill_9_of_brique(arch: HostArch) {
               "is_read_only": false, "cache_type": "Writeback"}]
 }
 JSON
-        "$BRIQUE" --config-file /tmp/kill.json < /dev/null > /tmp/kill.out 2>&1 &
+        "$BRIQUE" --no-api --config-file /tmp/kill.json < /dev/null > /tmp/kill.out 2>&1 &
         pid=$!
         wait_for_line /tmp/kill.out FLUSHED_MARKER "$pid" 120
         kill -9 "$pid"

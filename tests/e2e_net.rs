@@ -34,13 +34,13 @@ fn guest_on_two_taps_pings_and_moves_64_mib_each_way(arch: HostArch) {
   ]
 }
 JSON
-        "$BRIQUE" --config-file /tmp/net.json < /dev/null > /tmp/net.out 2>&1 &
+        "$BRIQUE" --no-api --config-file /tmp/net.json < /dev/null > /tmp/net.out 2>&1 &
         pid=$!
         wait_for_line /tmp/net.out GUEST_READY "$pid" 300
         ping -c 2 -W 5 172.16.0.2 >/dev/null && echo PING_H2G_OK
         # A second VM on the same tap: refused before boot, with the reason.
         sed 's/"tap1"/"tap0"/; s/"eth1"/"other"/' /tmp/net.json > /tmp/busy.json
-        "$BRIQUE" --config-file /tmp/busy.json < /dev/null > /dev/null 2> /tmp/busy.err
+        "$BRIQUE" --no-api --config-file /tmp/busy.json < /dev/null > /dev/null 2> /tmp/busy.err
         echo "BUSY_EXIT=$? $(cat /tmp/busy.err)"
         echo "HOST_G2H_SHA $(wget -q -O - http://172.16.0.2:8080/g2h | sha256sum)"
         cat /sys/class/net/tap0/address /sys/class/net/tap1/address >/dev/null

@@ -35,7 +35,7 @@ JSON
     if [ -n "${BRIQUE_STDIN:-}" ]; then
         # A FIFO kept open until brique ends; typed once the guest is up.
         rm -f "/tmp/$name.in" && mkfifo "/tmp/$name.in"
-        "$BRIQUE" --config-file "/tmp/$name.json" < "/tmp/$name.in" > "/tmp/$name.out" 2> "/tmp/$name.err" &
+        "$BRIQUE" --no-api --config-file "/tmp/$name.json" < "/tmp/$name.in" > "/tmp/$name.out" 2> "/tmp/$name.err" &
         pid=$!
         exec 3> "/tmp/$name.in"
         # Typed once the guest's init runs: bytes sent earlier can be lost
@@ -56,7 +56,7 @@ JSON
         fi
         exec 3>&-
     else
-        "$BRIQUE" --config-file "/tmp/$name.json" < /dev/null > "/tmp/$name.out" 2> "/tmp/$name.err" &
+        "$BRIQUE" --no-api --config-file "/tmp/$name.json" < /dev/null > "/tmp/$name.out" 2> "/tmp/$name.err" &
         wait_or_kill "$!" "$name"
         status=$?
     fi

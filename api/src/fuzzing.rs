@@ -11,7 +11,7 @@ use crate::routes;
 /// Parses `data` as a stream of pipelined requests, routing each.
 pub fn run(data: &[u8]) {
     let mut rest = data;
-    while let Ok(ParseOutcome::Complete(request, used)) = parse_request(rest) {
+    while let Ok(ParseOutcome::Complete(request, used)) = parse_request(rest, MAX_BODY_BYTES) {
         assert!(
             used > 0 && used <= rest.len(),
             "consumed {used} of {}",

@@ -3,6 +3,7 @@
 //! VMM's actions. The server thread holds no VM state: every request goes
 //! to the VMM thread through a [`brique_vmm::controller::ControllerHandle`].
 
+pub mod cli;
 pub mod fuzzing;
 pub mod http;
 pub mod routes;

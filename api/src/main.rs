@@ -2,86 +2,22 @@
 
 mod stop_signal;
 
+use brique_api::cli::{self, Args};
 use brique_api::http::server::{self, Server};
-use brique_vmm::controller::{self, Controller, RequestReceiver};
-use brique_vmm::logger::LogLevel;
+use brique_vmm::config::ConfigFile;
+use brique_vmm::controller::{self, Controller, RequestReceiver, VmmAction};
 use brique_vmm::seccomp::{self, FilterKind, Filters};
 use brique_vmm::threads::{self, ThreadKind};
-use brique_vmm::{ConsoleIo, VmConfig};
+use brique_vmm::ConsoleIo;
 use clap::Parser;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// Exit status for a bad command line or configuration, or a VM that could
 /// not be built (the guest never ran).
 const EXIT_SETUP_FAILED: u8 = 2;
-
-/// brique: a small, fast, auditable KVM virtual machine monitor.
-///
-/// Runs one microVM. With --config-file it boots at once; with --api-sock it
-/// serves a Firecracker-compatible REST API on that Unix socket (configure,
-/// then PUT /actions InstanceStart), and with both it boots and serves. The
-/// guest's serial console is brique's stdin and stdout. Exit status: 0 when
-/// the guest rebooted or powered off, 1 when it panicked, triple-faulted or a
-/// vCPU failed, 2 when the VM could not be set up, 148 when a thread made a
-/// system call its seccomp filter forbids.
-#[derive(Debug, Parser)]
-#[command(name = "brique", version, about, long_about)]
-struct Args {
-    /// Boot the VM described by this JSON file (Firecracker's config-file
-    /// shape: boot-source, machine-config, drives, network-interfaces).
-    #[arg(long, value_name = "FILE")]
-    config_file: Option<PathBuf>,
-
-    /// Serve the REST control API on this Unix socket (must not exist).
-    #[arg(long, value_name = "PATH")]
-    api_sock: Option<PathBuf>,
-
-    /// Instance id reported by GET /.
-    #[arg(long, default_value = "anonymous-instance")]
-    id: String,
-
-    /// Seconds between periodic metrics lines (once PUT /metrics set a path).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    metrics_interval: u64,
-
-    /// Print a snapshot state file's format version and its VM's shape
-    /// (JSON), then exit.
-    #[arg(long, value_name = "SNAPSHOT_FILE")]
-    describe_snapshot: Option<PathBuf>,
-
-    /// Log verbosity, on stderr (PUT /logger can change it).
-    #[arg(long, default_value = "warning", value_parser = parse_level)]
-    log_level: LogLevel,
-
-    /// Run without seccomp filters (every thread otherwise runs under its
-    /// kind's filter; a forbidden system call ends brique with status 148).
-    #[arg(long, conflicts_with = "seccomp_filter")]
-    no_seccomp: bool,
-
-    /// When the jailer started (CLOCK_MONOTONIC, microseconds): the time to
-    /// API socket ready goes to the api.process_startup_time_us metric.
-    #[arg(long, value_name = "US")]
-    start_time_us: Option<u64>,
-
-    /// The jailer's CPU time when it started (microseconds).
-    #[arg(long, value_name = "US")]
-    start_time_cpu_us: Option<u64>,
-
-    /// The jailer parent's CPU time when it forked brique's process into a
-    /// new PID namespace (microseconds).
-    #[arg(long, value_name = "US")]
-    parent_cpu_time_us: Option<u64>,
-
-    /// Use the seccomp filters of this JSON file (seccompiler's format, one
-    /// filter per thread kind: vmm, api, vcpu, and optionally devices and
-    /// signals, which otherwise take the vmm one) instead of brique's own.
-    #[arg(long, value_name = "FILE")]
-    seccomp_filter: Option<PathBuf>,
-}
 
 /// The jailer-to-API-ready times, when a jailer gave its start times.
 fn record_startup_time(args: &Args) {
@@ -123,13 +59,17 @@ fn seccomp_filters(args: &Args) -> Result<Option<Filters>, String> {
     filters.map(Some).map_err(|err| err.to_string())
 }
 
-fn parse_level(text: &str) -> Result<LogLevel, String> {
-    text.parse()
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    brique_vmm::logger::init(args.log_level.into());
+    if args.version {
+        println!("{}", cli::version_line());
+        return ExitCode::SUCCESS;
+    }
+    if args.snapshot_version {
+        println!("v{}.0.0", brique_vmm::persist::file::FORMAT_VERSION);
+        return ExitCode::SUCCESS;
+    }
+    brique_vmm::logger::init(args.level.into());
     match run(&args) {
         Ok(code) => code,
         Err(message) => {
@@ -161,18 +101,22 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     if let Some(path) = &args.describe_snapshot {
         return describe_snapshot(path);
     }
-    if args.config_file.is_none() && args.api_sock.is_none() {
-        return Err(
-            "nothing to do: pass --config-file FILE and/or --api-sock PATH (see --help)".into(),
+    args.check_supported().map_err(|err| err.to_string())?;
+    brique_vmm::logger::configure(&args.logger_config()).map_err(|err| err.to_string())?;
+    if args.enable_pci {
+        log::warn!(
+            "--enable-pci: brique has no PCI; its devices are on virtio-mmio, announced on \
+             the kernel command line"
         );
     }
-    let config = match &args.config_file {
-        Some(path) => VmConfig::from_file(path).map_err(|err| err.to_string())?,
-        None => VmConfig::default(),
+    let file = match &args.config_file {
+        Some(path) => ConfigFile::from_file(path).map_err(|err| err.to_string())?,
+        None => ConfigFile::default(),
     };
     seccomp::configure(seccomp_filters(args)?).map_err(|err| err.to_string())?;
     let (handle, requests) = RequestReceiver::channel().map_err(|err| err.to_string())?;
-    let _socket = match &args.api_sock {
+    let api_socket = args.api_socket();
+    let _socket = match &api_socket {
         Some(path) => {
             let listener = server::bind(path).map_err(|err| err.to_string())?;
             let socket = SocketFile(path);
@@ -180,7 +124,8 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             let server = Server::new(listener, move |request| {
                 brique_api::handle_request(&handle, &request)
             })
-            .map_err(|err| err.to_string())?;
+            .map_err(|err| err.to_string())?
+            .with_max_body(args.http_api_max_payload_size);
             threads::spawn(ThreadKind::Api, move || {
                 let err = server.run();
                 log::error!("API server stopped: {err}");
@@ -200,7 +145,16 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     let stop = stop_signal::install().map_err(|err| format!("signal handlers: {err}"))?;
     // The VMM thread's filter is in force before the first request or boot.
     seccomp::confine_current_thread(FilterKind::Vmm).map_err(|err| err.to_string())?;
-    let mut controller = Controller::new(config, console, args.id.clone());
+    let mut controller = Controller::new(file.vm_config(), console, args.id.clone())
+        .with_boot_timer(args.boot_timer);
+    let process_settings = [
+        file.logger.clone().map(VmmAction::PutLogger),
+        args.metrics_config().map(VmmAction::PutMetrics),
+        file.metrics.clone().map(VmmAction::PutMetrics),
+    ];
+    for action in process_settings.into_iter().flatten() {
+        controller.handle(action).map_err(|err| err.to_string())?;
+    }
     let terminal = brique_vmm::console::RawTerminal::enter();
     if args.config_file.is_some() {
         if let Err(err) = controller.start() {

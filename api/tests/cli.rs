@@ -47,14 +47,34 @@ fn assert_config_error(output: &Output, needle: &str) {
 fn version_and_help() {
     let version = brique(&["--version"]);
     assert!(version.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&version.stdout).trim(),
-        format!("brique {}", env!("CARGO_PKG_VERSION"))
+    let line = String::from_utf8_lossy(&version.stdout).trim().to_owned();
+    // Kata reads the second word of the first line as Firecracker's version.
+    assert!(line.starts_with("Firecracker v1."), "{line}");
+    assert!(
+        line.contains(&format!("(brique {}", env!("CARGO_PKG_VERSION"))),
+        "{line}"
     );
+    let snapshot = brique(&["--snapshot-version"]);
+    assert_eq!(String::from_utf8_lossy(&snapshot.stdout).trim(), "v1.0.0");
     let help = brique(&["--help"]);
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--config-file", "--api-sock", "--log-level", "--version"] {
+    for flag in [
+        "--config-file",
+        "--api-sock",
+        "--no-api",
+        "--level",
+        "--log-path",
+        "--module",
+        "--show-level",
+        "--show-log-origin",
+        "--metrics-path",
+        "--boot-timer",
+        "--http-api-max-payload-size",
+        "--enable-pci",
+        "--version",
+        "--snapshot-version",
+    ] {
         assert!(text.contains(flag), "{flag} missing from --help");
     }
 }
@@ -68,14 +88,27 @@ fn bad_flags_are_refused() {
 }
 
 #[test]
-fn nothing_to_boot_is_an_error() {
-    assert_config_error(&brique(&[]), "--config-file");
+fn no_api_needs_a_config_file_and_mmds_flags_name_the_missing_feature() {
+    for (args, needle) in [
+        (&["--no-api"][..], "--config-file"),
+        (&["--id", "bad id"], "invalid instance id"),
+    ] {
+        let output = brique(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    assert_config_error(
+        &brique(&["--mmds-size-limit", "1024"]),
+        "MMDS (the microVM metadata service) is not supported",
+    );
+    assert_config_error(&brique(&["--metadata", "/m.json"]), "--metadata: MMDS");
 }
 
 #[test]
 fn missing_config_file() {
     assert_config_error(
-        &brique(&["--config-file", "/nonexistent/vm.json"]),
+        &brique(&["--no-api", "--config-file", "/nonexistent/vm.json"]),
         "/nonexistent/vm.json",
     );
 }
@@ -84,7 +117,10 @@ fn missing_config_file() {
 fn malformed_json() {
     let dir = TempDir::new("json");
     let config = dir.file("vm.json", r#"{"boot-source": {"kernel_image_path": "/k""#);
-    assert_config_error(&brique(&["--config-file", &config]), "invalid config JSON");
+    assert_config_error(
+        &brique(&["--no-api", "--config-file", &config]),
+        "invalid config JSON",
+    );
 }
 
 #[test]
@@ -95,7 +131,7 @@ fn unknown_field() {
         r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "vcpus": 2}}"#,
     );
     assert_config_error(
-        &brique(&["--config-file", &config]),
+        &brique(&["--no-api", "--config-file", &config]),
         "unknown field `vcpus`",
     );
 }
@@ -118,7 +154,7 @@ fn missing_kernel() {
         r#"{"vcpu_count": 1, "mem_size_mib": 128}"#,
     );
     assert_config_error(
-        &brique(&["--config-file", &config]),
+        &brique(&["--no-api", "--config-file", &config]),
         "kernel image /nonexistent/vmlinux",
     );
 }
@@ -129,7 +165,7 @@ fn zero_vcpus() {
     let kernel = dir.file("vmlinux", "not a kernel");
     let config = machine_config(&dir, &kernel, r#"{"vcpu_count": 0, "mem_size_mib": 128}"#);
     assert_config_error(
-        &brique(&["--config-file", &config]),
+        &brique(&["--no-api", "--config-file", &config]),
         "vcpu_count must be between 1 and 32, got 0",
     );
 }
@@ -144,7 +180,7 @@ fn too_much_memory() {
         r#"{"vcpu_count": 1, "mem_size_mib": 100000000}"#,
     );
     assert_config_error(
-        &brique(&["--config-file", &config]),
+        &brique(&["--no-api", "--config-file", &config]),
         "mem_size_mib 100000000 is too large",
     );
 }
@@ -171,7 +207,7 @@ fn missing_drive_file() {
         ),
     );
     assert_config_error(
-        &brique(&["--config-file", &config]),
+        &brique(&["--no-api", "--config-file", &config]),
         "drive data: cannot open /nonexistent/d.img",
     );
 }

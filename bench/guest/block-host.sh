@@ -21,7 +21,7 @@ cat > /tmp/blk.json <<JSON
 JSON
 : > /tmp/results
 for i in $(seq 1 "$runs"); do
-    "$BRIQUE" --config-file /tmp/blk.json < /dev/null 2>&1 | grep '^BLKBENCH' | tr -d '\r' | sed 's/^/brique /' | tee -a /tmp/results
+    "$BRIQUE" --no-api --config-file /tmp/blk.json < /dev/null 2>&1 | grep '^BLKBENCH' | tr -d '\r' | sed 's/^/brique /' | tee -a /tmp/results
     timeout 300 "$QEMU" -L "$QEMU_DATADIR" -M microvm,x-option-roms=off,rtc=off,acpi=off \
         -accel kvm -cpu host -m 256 -smp 1 -nodefaults -no-user-config -display none -no-reboot \
         -serial stdio -kernel "$GUEST_VMLINUX" -initrd "$GUEST_INITRAMFS" \

@@ -56,7 +56,7 @@ cat > /tmp/net.json <<JSON
 JSON
 : > /tmp/results
 for run in $(seq 1 "$runs"); do
-    "$BRIQUE" --config-file /tmp/net.json < /dev/null > /tmp/vm.out 2>&1 &
+    "$BRIQUE" --no-api --config-file /tmp/net.json < /dev/null > /tmp/vm.out 2>&1 &
     measure brique $!
     "$QEMU" -L "$QEMU_DATADIR" -M microvm,x-option-roms=off,rtc=off,acpi=off \
         -accel kvm -cpu host -m 512 -smp 1 -nodefaults -no-user-config -display none -no-reboot \

@@ -157,7 +157,7 @@ pub fn brique_command(brique: &PathBuf, setup: &BootSetup) -> Result<Command, Bo
         source,
     })?;
     let mut command = Command::new(brique);
-    command.arg("--config-file").arg(config);
+    command.arg("--no-api").arg("--config-file").arg(config);
     Ok(command)
 }
 

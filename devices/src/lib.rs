@@ -5,6 +5,7 @@
 //! through [`EventFdTrigger`]s (irqfds on KVM), which keeps every device
 //! testable in an ordinary unit test.
 
+pub mod boot_timer;
 pub mod bus;
 pub mod console_sink;
 pub mod i8042;

@@ -7,7 +7,7 @@
 
 use brique_devices::virtio::block::BlockCounters;
 use brique_devices::virtio::net::NetCounters;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
@@ -125,6 +125,10 @@ pub struct DeviceMetrics {
 #[derive(Debug, Serialize)]
 struct MetricsLine<'a> {
     utc_timestamp_ms: u128,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    properties: Option<&'a BTreeMap<String, String>>,
     #[serde(flatten)]
     process: &'a Metrics,
     #[serde(flatten)]
@@ -157,30 +161,51 @@ pub(crate) fn open_sink(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// `PUT /metrics`, the `metrics` section of a config file and
+/// `--metrics-path`: where metrics lines go and what they carry besides
+/// the counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// File or FIFO the metrics lines are appended to.
+    pub metrics_path: PathBuf,
+    /// Put the instance id (`--id`) in every line, as `"id"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emit_id: Option<bool>,
+    /// Operator-defined pairs put in every line, as `"properties"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<BTreeMap<String, String>>,
+}
+
 /// Appends metrics lines to a file or FIFO.
 #[derive(Debug)]
 pub struct MetricsWriter {
     file: File,
-    path: PathBuf,
+    config: MetricsConfig,
+    /// The instance id, when `emit_id` asked for it.
+    id: Option<String>,
 }
 
 impl MetricsWriter {
-    /// Opens (creating a regular file if missing) `path` for appending.
-    /// Non-blocking, so that a FIFO nobody reads never stalls the VMM.
-    pub fn open(path: &Path) -> Result<Self, MetricsError> {
+    /// Opens (creating a regular file if missing) the configured path for
+    /// appending. Non-blocking, so that a FIFO nobody reads never stalls
+    /// the VMM. `instance_id` goes in each line if `emit_id` is set.
+    pub fn open(config: &MetricsConfig, instance_id: &str) -> Result<Self, MetricsError> {
+        let path = &config.metrics_path;
         let file = open_sink(path).map_err(|source| MetricsError::Open {
             path: path.to_owned(),
             source,
         })?;
         Ok(Self {
             file,
-            path: path.to_owned(),
+            config: config.clone(),
+            id: (config.emit_id == Some(true)).then(|| instance_id.to_owned()),
         })
     }
 
-    /// Where lines go.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// What it was configured with.
+    pub fn config(&self) -> &MetricsConfig {
+        &self.config
     }
 
     /// Writes one line: the process counters and `devices`.
@@ -190,6 +215,8 @@ impl MetricsWriter {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_millis(),
+            id: self.id.as_deref(),
+            properties: self.config.properties.as_ref(),
             process: &METRICS,
             devices,
         };
@@ -208,7 +235,12 @@ mod tests {
     fn each_flush_appends_one_json_line_with_every_group() {
         let path = std::env::temp_dir().join(format!("brique-metrics-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let mut writer = MetricsWriter::open(&path).unwrap();
+        let config = MetricsConfig {
+            metrics_path: path.clone(),
+            emit_id: None,
+            properties: None,
+        };
+        let mut writer = MetricsWriter::open(&config, "vm-7").unwrap();
         let mut devices = DeviceMetrics::default();
         devices.block.insert(
             "rootfs".into(),
@@ -234,6 +266,7 @@ mod tests {
             }
             assert_eq!(line["block"]["rootfs"]["read_bytes"], 4096);
         }
+        assert!(lines[0].get("id").is_none() && lines[0].get("properties").is_none());
         let requests = |i: usize| lines[i]["api"]["requests"].as_u64().unwrap();
         assert!(requests(1) > requests(0), "cumulative counters grow");
         std::fs::remove_file(&path).unwrap();
@@ -241,10 +274,37 @@ mod tests {
 
     #[test]
     fn a_path_in_a_missing_directory_is_a_clear_error() {
-        let err = MetricsWriter::open(Path::new("/nonexistent-dir/metrics")).unwrap_err();
+        let config = MetricsConfig {
+            metrics_path: "/nonexistent-dir/metrics".into(),
+            emit_id: None,
+            properties: None,
+        };
+        let err = MetricsWriter::open(&config, "i").unwrap_err();
         assert!(
             err.to_string().contains("/nonexistent-dir/metrics"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn emit_id_and_properties_go_in_every_line() {
+        let path = std::env::temp_dir().join(format!("brique-metrics-id-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let config: MetricsConfig = serde_json::from_value(serde_json::json!({
+            "metrics_path": path,
+            "emit_id": true,
+            "properties": {"host": "rack-12", "tenant": "acme"},
+        }))
+        .unwrap();
+        let mut writer = MetricsWriter::open(&config, "vm-7").unwrap();
+        writer.write(&DeviceMetrics::default()).unwrap();
+        let line: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+        assert_eq!(line["id"], "vm-7");
+        assert_eq!(line["properties"]["tenant"], "acme");
+        assert_eq!(writer.config(), &config);
+        std::fs::remove_file(&path).unwrap();
+        let unknown = serde_json::json!({"metrics_path": "/m", "colour": 1});
+        assert!(serde_json::from_value::<MetricsConfig>(unknown).is_err());
     }
 }

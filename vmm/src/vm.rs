@@ -106,10 +106,10 @@ impl Vm {
             fd,
             memory,
             track_dirty_pages,
-            anonymous: matches!(backing, RamBacking::Anonymous),
+            anonymous: !matches!(backing, RamBacking::File(_)),
             backing_file: match backing {
                 RamBacking::File(file) => file.metadata().ok().map(|m| (m.dev(), m.ino())),
-                RamBacking::Anonymous => None,
+                RamBacking::Anonymous | RamBacking::HugePages2M => None,
             },
             _ram: ram,
         })

@@ -74,8 +74,13 @@ fn run(vcpu_count: u8, code: &[u8]) -> (ExitReason, String) {
         output: Box::new(out.clone()),
         input: None,
     };
-    let machine = Machine::boot(&config(vcpu_count), Payload::BareCode(code), console)
-        .expect("machine boots");
+    let machine = Machine::boot(
+        &config(vcpu_count),
+        Payload::BareCode(code),
+        console,
+        Default::default(),
+    )
+    .expect("machine boots");
     let reason = machine.wait_for_exit();
     (reason, out.text())
 }

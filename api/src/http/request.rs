@@ -8,7 +8,8 @@ use super::response::StatusCode;
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Most headers in one request.
 pub const MAX_HEADERS: usize = 32;
-/// Largest body (Firecracker's default payload limit).
+/// Largest body by default (Firecracker's default payload limit;
+/// `--http-api-max-payload-size` changes it).
 pub const MAX_BODY_BYTES: usize = 50 * 1024;
 
 /// The methods the API uses; others are parsed and answered 405.
@@ -81,7 +82,7 @@ pub enum ParseOutcome {
 }
 
 /// Parses the request at the start of `buf`.
-pub fn parse_request(buf: &[u8]) -> Result<ParseOutcome, RequestError> {
+pub fn parse_request(buf: &[u8], max_body: usize) -> Result<ParseOutcome, RequestError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let header_len = match parsed.parse(buf) {
@@ -151,12 +152,10 @@ pub fn parse_request(buf: &[u8]) -> Result<ParseOutcome, RequestError> {
         }
     }
     let body_len = content_length.unwrap_or(0);
-    if body_len > MAX_BODY_BYTES {
+    if body_len > max_body {
         return Err(RequestError::new(
             StatusCode::PayloadTooLarge,
-            format!(
-                "request body of {body_len} bytes is larger than the limit of {MAX_BODY_BYTES}"
-            ),
+            format!("request body of {body_len} bytes is larger than the limit of {max_body}"),
         ));
     }
     let total = header_len + body_len;
@@ -189,7 +188,7 @@ mod tests {
     use super::*;
 
     fn complete(raw: &[u8]) -> (HttpRequest, usize) {
-        match parse_request(raw).unwrap() {
+        match parse_request(raw, MAX_BODY_BYTES).unwrap() {
             ParseOutcome::Complete(req, used) => (req, used),
             other => panic!("not complete: {other:?}"),
         }
@@ -213,7 +212,7 @@ mod tests {
         for cut in 0..full.len() {
             assert!(
                 matches!(
-                    parse_request(&full[..cut]),
+                    parse_request(&full[..cut], MAX_BODY_BYTES),
                     Ok(ParseOutcome::Incomplete { .. })
                 ),
                 "cut at {cut}"
@@ -226,7 +225,7 @@ mod tests {
     fn expect_continue_is_reported_once_headers_are_in() {
         let raw = b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
         assert_eq!(
-            parse_request(raw).unwrap(),
+            parse_request(raw, MAX_BODY_BYTES).unwrap(),
             ParseOutcome::Incomplete {
                 expects_continue: true
             }
@@ -285,7 +284,7 @@ mod tests {
             ),
         ];
         for (raw, status) in cases {
-            let err = parse_request(&raw).unwrap_err();
+            let err = parse_request(&raw, MAX_BODY_BYTES).unwrap_err();
             assert_eq!(err.status, status, "{:?}", String::from_utf8_lossy(&raw));
             assert!(!err.message.is_empty());
         }
@@ -298,5 +297,21 @@ mod tests {
             format!("PUT / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
         raw.extend(&body);
         assert_eq!(complete(&raw).0.body.len(), MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn a_smaller_or_larger_body_limit_is_honoured() {
+        let raw = b"PUT / HTTP/1.1\r\nContent-Length: 100\r\n\r\n".to_vec();
+        let err = parse_request(&raw, 99).unwrap_err();
+        assert_eq!(err.status, StatusCode::PayloadTooLarge);
+        assert!(err.message.contains("limit of 99"), "{}", err.message);
+        let mut big =
+            format!("PUT / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", 200 * 1024).into_bytes();
+        big.extend(vec![b'y'; 200 * 1024]);
+        assert!(parse_request(&big, MAX_BODY_BYTES).is_err());
+        match parse_request(&big, 200 * 1024).unwrap() {
+            ParseOutcome::Complete(request, _) => assert_eq!(request.body.len(), 200 * 1024),
+            ParseOutcome::Incomplete { .. } => panic!("a whole request was read as incomplete"),
+        }
     }
 }

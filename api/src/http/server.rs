@@ -21,7 +21,6 @@ pub const MAX_CONNECTIONS: usize = 128;
 /// How long a started request (or an unread response) may stall.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes buffered per connection: one whole request at most.
-const MAX_INPUT: usize = MAX_HEADER_BYTES + MAX_BODY_BYTES;
 const LISTENER: u64 = u64::MAX;
 /// How long the listener rests after accept() failed for another reason.
 const ACCEPT_RETRY: Duration = Duration::from_secs(1);
@@ -75,6 +74,8 @@ pub struct Server<F> {
     connections: HashMap<RawFd, Connection>,
     serve: F,
     accept_retry_at: Option<Instant>,
+    /// Largest request body accepted.
+    max_body: usize,
 }
 
 impl<F> std::fmt::Debug for Server<F> {
@@ -120,7 +121,15 @@ impl<F: FnMut(HttpRequest) -> Response> Server<F> {
             connections: HashMap::new(),
             serve,
             accept_retry_at: None,
+            max_body: MAX_BODY_BYTES,
         })
+    }
+
+    /// Accepts request bodies of up to `bytes` (Firecracker's
+    /// `--http-api-max-payload-size`) instead of [`MAX_BODY_BYTES`].
+    pub fn with_max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
     }
 
     /// Serves clients until epoll fails.
@@ -270,8 +279,9 @@ impl<F: FnMut(HttpRequest) -> Response> Server<F> {
         // Read what there is room for.
         let mut peer_closed = false;
         let mut chunk = [0u8; 16 * 1024];
-        while conn.input.len() < MAX_INPUT && conn.written == conn.output.len() {
-            let room = (MAX_INPUT - conn.input.len()).min(chunk.len());
+        let max_input = MAX_HEADER_BYTES.saturating_add(self.max_body);
+        while conn.input.len() < max_input && conn.written == conn.output.len() {
+            let room = (max_input - conn.input.len()).min(chunk.len());
             match conn.stream.read(&mut chunk[..room]) {
                 Ok(0) => {
                     peer_closed = true;
@@ -308,7 +318,7 @@ impl<F: FnMut(HttpRequest) -> Response> Server<F> {
                 return;
             };
             if conn.written == conn.output.len() && !conn.close_after_output {
-                match parse_request(&conn.input) {
+                match parse_request(&conn.input, self.max_body) {
                     Ok(ParseOutcome::Incomplete { expects_continue }) => {
                         if expects_continue && !conn.continue_sent {
                             conn.continue_sent = true;
@@ -361,7 +371,7 @@ impl<F: FnMut(HttpRequest) -> Response> Server<F> {
                 return;
             };
             if matches!(
-                parse_request(&conn.input),
+                parse_request(&conn.input, self.max_body),
                 Ok(ParseOutcome::Incomplete { .. })
             ) {
                 return;

@@ -1,7 +1,8 @@
 //! The architecture boundary. Each architecture module provides the same
 //! items, which the rest of the VMM uses without `cfg`:
 //!
-//! - `ram_ranges(bytes)`, `MAX_GUEST_MEM_MIB`, `MMIO_DEVICES_START`: memory layout
+//! - `ram_ranges(bytes)`, `MAX_GUEST_MEM_MIB`, `MMIO_DEVICES_START`,
+//!   `BOOT_TIMER_START`: memory layout
 //! - `VIRTIO_IRQS`, `irqfd_gsi(irq)`: guest interrupt lines for virtio devices
 //!   and the KVM irqfd GSI of each (the same on x86_64, numbered from the
 //!   first shared line on aarch64)

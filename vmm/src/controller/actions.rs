@@ -6,9 +6,9 @@ use crate::config::{
     NetworkInterfaceConfig, NetworkInterfaceUpdate, VmConfig,
 };
 use crate::logger::LoggerConfig;
+pub use crate::metrics::MetricsConfig;
 use crate::persist::{SnapshotCreateParams, SnapshotLoadParams};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 
 /// One request to the VMM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,14 +81,6 @@ impl VmmAction {
             Self::LoadSnapshot(_) => "LoadSnapshot",
         }
     }
-}
-
-/// `PUT /metrics`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// File or FIFO the metrics lines are appended to.
-    pub metrics_path: PathBuf,
 }
 
 /// The microVM's lifecycle state, as `GET /` names it.

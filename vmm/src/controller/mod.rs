@@ -14,7 +14,9 @@ pub use serve::{serve, ControllerHandle, RequestReceiver, ServeError};
 
 use crate::config::{ConfigError, HostLimits, VmConfig};
 use crate::logger::{self, LoggerConfig, LoggerError};
-use crate::machine::{ConsoleIo, ExitReason, Machine, MachineError, Payload, RestoreOptions};
+use crate::machine::{
+    BootOptions, ConsoleIo, ExitReason, Machine, MachineError, Payload, RestoreOptions,
+};
 use crate::metrics::{MetricsError, MetricsWriter};
 use crate::persist::{self, SnapshotCreateParams, SnapshotError, SnapshotLoadParams};
 
@@ -88,6 +90,8 @@ pub struct Controller {
     /// Whether a boot resource (machine config, kernel, drive, interface)
     /// was configured: a snapshot load is refused from then on.
     boot_configured: bool,
+    /// Command-line choices for the machine it boots.
+    boot_options: BootOptions,
     /// For tests of the VMM itself: the guest is raw code, not Linux.
     #[cfg(target_arch = "x86_64")]
     bare_code: Option<Vec<u8>>,
@@ -115,9 +119,16 @@ impl Controller {
             logger: None,
             metrics: None,
             boot_configured: false,
+            boot_options: BootOptions::default(),
             #[cfg(target_arch = "x86_64")]
             bare_code: None,
         }
+    }
+
+    /// Adds the boot timer device (`--boot-timer`) to the machine it boots.
+    pub fn with_boot_timer(mut self, enabled: bool) -> Self {
+        self.boot_options.boot_timer = enabled;
+        self
     }
 
     /// Boots raw 64-bit code instead of a Linux kernel at InstanceStart
@@ -188,9 +199,7 @@ impl Controller {
             VmmAction::GetFullConfig => Ok(VmmData::FullConfig(Box::new(FullVmConfig {
                 vm: self.config.clone(),
                 logger: self.logger.clone(),
-                metrics: self.metrics.as_ref().map(|writer| MetricsConfig {
-                    metrics_path: writer.path().to_owned(),
-                }),
+                metrics: self.metrics.as_ref().map(|writer| writer.config().clone()),
             }))),
             VmmAction::PutMachineConfig(machine) => self.change_config(name, |config, limits| {
                 machine.validate(limits)?;
@@ -208,7 +217,8 @@ impl Controller {
                 config.boot_source = Some(boot);
                 Ok(())
             }),
-            VmmAction::PutDrive(drive) => self.change_config(name, |config, _| {
+            VmmAction::PutDrive(mut drive) => self.change_config(name, |config, _| {
+                drive.settle_io_engine();
                 match config
                     .drives
                     .iter_mut()
@@ -272,10 +282,10 @@ impl Controller {
             VmmAction::PutMetrics(config) => {
                 if let Some(writer) = &self.metrics {
                     return Err(ControllerError::MetricsAlreadyConfigured(
-                        writer.path().display().to_string(),
+                        writer.config().metrics_path.display().to_string(),
                     ));
                 }
-                self.metrics = Some(MetricsWriter::open(&config.metrics_path)?);
+                self.metrics = Some(MetricsWriter::open(&config, &self.instance_id)?);
                 Ok(VmmData::Empty)
             }
         }
@@ -294,7 +304,7 @@ impl Controller {
         };
         #[cfg(not(target_arch = "x86_64"))]
         let payload = Payload::Linux;
-        let machine = Machine::boot(&self.config, payload, console)?;
+        let machine = Machine::boot(&self.config, payload, console, self.boot_options)?;
         self.machine = Some(machine);
         log::info!("microVM started");
         Ok(VmmData::Empty)

@@ -7,7 +7,7 @@
 
 use super::{open, Machine, MachineError, Payload};
 use crate::arch;
-use crate::config::{ConfigError, HostLimits, MachineConfig, VmConfig};
+use crate::config::{ConfigError, HostLimits, HugePages, MachineConfig, VmConfig};
 use crate::console::{ConsoleFlusher, ConsoleInput};
 use crate::event_loop::{GuestSignal, GuestSignalWatcher, Subscriber};
 use crate::guest_ram::RamBacking;
@@ -16,6 +16,7 @@ use crate::vcpu::{IoBuses, Vcpu};
 use crate::virtio_devices::{AttachedDevices, VirtioAttacher};
 use crate::vm::Vm;
 use crate::ConsoleIo;
+use brique_devices::boot_timer::{BootTimer, BOOT_TIMER_LEN};
 use brique_devices::console_sink::ConsoleSink;
 use brique_devices::serial::{
     ConsoleOutput, GuestPanicReport, PanicWatcher, SerialConsole, SerialConsoleState,
@@ -41,6 +42,14 @@ pub(super) struct Parts {
     pub(super) buses: Arc<IoBuses>,
     pub(super) panic_report: GuestPanicReport,
     pub(super) guest_signals: Receiver<GuestSignal>,
+}
+
+/// What a booted machine has beyond its configuration: process-wide
+/// choices from brique's command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BootOptions {
+    /// The boot timer device (`--boot-timer`).
+    pub boot_timer: bool,
 }
 
 /// How a restored machine comes up.
@@ -221,6 +230,7 @@ impl Machine {
         config: &VmConfig,
         payload: Payload<'_>,
         console: ConsoleIo,
+        options: BootOptions,
     ) -> Result<Self, MachineError> {
         let machine_config = &config.machine_config;
         // A Linux payload needs the whole configuration (which includes the
@@ -231,14 +241,28 @@ impl Machine {
         } else {
             machine_config.validate(&limits)?;
         }
+        let backing = match machine_config.huge_pages {
+            HugePages::Hugetlbfs2M => RamBacking::HugePages2M,
+            HugePages::None | HugePages::Transparent => RamBacking::Anonymous,
+        };
         let vm = Vm::new(
             machine_config.mem_size_mib,
-            RamBacking::Anonymous,
+            backing,
             machine_config.track_dirty_pages,
         )?;
         let (vcpu_fds, template, irqchip) = create_vcpus(&vm, machine_config)?;
         let mut fixed = fixed_devices(&vm, console, None)?;
         let mut buses = std::mem::take(&mut fixed.buses);
+        if options.boot_timer {
+            buses
+                .mmio
+                .insert(
+                    Arc::new(Mutex::new(BootTimer::new())),
+                    arch::BOOT_TIMER_START,
+                    BOOT_TIMER_LEN,
+                )
+                .map_err(|err| MachineError::Device(format!("boot timer: {err}")))?;
+        }
 
         // virtio devices, announced on the kernel command line.
         let mut cmdline = Cmdline::new(arch::CMDLINE_CAPACITY).map_err(MachineError::Cmdline)?;

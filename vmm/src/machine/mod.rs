@@ -4,7 +4,7 @@
 pub(crate) mod build;
 mod snapshot;
 
-pub use build::RestoreOptions;
+pub use build::{BootOptions, RestoreOptions};
 
 use crate::arch;
 use crate::config::ConfigError;

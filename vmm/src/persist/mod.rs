@@ -13,7 +13,8 @@ pub mod fuzzing;
 pub mod memory;
 
 use crate::arch;
-use crate::config::{ConfigError, HostLimits, VmConfig};
+use crate::config::fields::null_is_default;
+use crate::config::{self, Absent, ConfigError, HostLimits, VmConfig};
 use brique_devices::serial::SerialConsoleState;
 use brique_devices::virtio::block::BlockState;
 use brique_devices::virtio::mmio::MmioTransportState;
@@ -245,7 +246,7 @@ pub enum SnapshotType {
 #[serde(deny_unknown_fields)]
 pub struct SnapshotCreateParams {
     /// Full (default) or Diff.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub snapshot_type: SnapshotType,
     /// Where the state file goes.
     pub snapshot_path: PathBuf,
@@ -299,21 +300,32 @@ pub struct SnapshotLoadParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_backend: Option<MemoryBackend>,
     /// Track dirty pages from now on (for diff snapshots of the restored VM).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub track_dirty_pages: bool,
     /// Deprecated name of `track_dirty_pages`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_diff_snapshots: Option<bool>,
     /// Resume the VM once loaded (otherwise it stays Paused).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub resume_vm: bool,
     /// Taps to use instead of the saved ones.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_is_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub network_overrides: Vec<NetworkOverride>,
     /// Advance the guest's clock by the wall time since the snapshot
     /// (x86_64; default: the clock goes on from where it stopped).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub clock_realtime: bool,
+    /// Restoring into huge pages: brique has none; only "None" or null.
+    #[serde(
+        default,
+        deserialize_with = "config::fields::snapshot_huge_pages",
+        skip_serializing
+    )]
+    pub huge_pages: Absent,
 }
 
 impl SnapshotLoadParams {

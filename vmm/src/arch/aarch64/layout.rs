@@ -29,6 +29,8 @@ pub const SERIAL_BASE: u64 = 0x0900_0000;
 pub const SERIAL_SIZE: u64 = 0x1000;
 /// The PL031 real-time clock.
 pub const RTC_BASE: u64 = 0x0901_0000;
+/// The boot timer (`--boot-timer`), the page after the clock.
+pub const BOOT_TIMER_START: u64 = 0x0902_0000;
 
 /// Where virtio-mmio device windows are placed.
 pub const MMIO_DEVICES_START: u64 = 0x4000_0000;

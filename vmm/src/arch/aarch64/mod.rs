@@ -12,7 +12,7 @@ pub mod vm_state;
 
 pub use devices::{attach as attach_legacy_devices, LegacyDevices, LegacyState};
 pub use gic::Gic as InterruptController;
-pub use layout::{ram_ranges, DRAM_START, MAX_GUEST_MEM_MIB, MMIO_DEVICES_START};
+pub use layout::{ram_ranges, BOOT_TIMER_START, DRAM_START, MAX_GUEST_MEM_MIB, MMIO_DEVICES_START};
 pub use vcpu_state::{restore_vcpu, save_vcpu, vcpu_paused, VcpuState};
 pub use vm_state::{restore_vm, save_vm, VmState};
 

@@ -43,6 +43,9 @@ pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 pub const MMIO_DEVICES_START: u64 = MMIO_GAP_START;
 /// The IOAPIC's MMIO window.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// The boot timer (`--boot-timer`), alone in the MMIO gap below the IOAPIC,
+/// far above the virtio-mmio slots.
+pub const BOOT_TIMER_START: u64 = 0xfeb0_0000;
 /// The local APICs' MMIO window.
 pub const APIC_START: u64 = 0xfee0_0000;
 /// KVM's three-page TSS region (must be below 4 GiB, outside RAM).

@@ -21,7 +21,7 @@ use std::fs::File;
 
 pub use devices::{attach as attach_legacy_devices, LegacyDevices, LegacyState};
 pub use fault_report::vcpu_state_report;
-pub use layout::{ram_ranges, MAX_GUEST_MEM_MIB, MMIO_DEVICES_START};
+pub use layout::{ram_ranges, BOOT_TIMER_START, MAX_GUEST_MEM_MIB, MMIO_DEVICES_START};
 pub use vcpu_state::{restore_vcpu, save_vcpu, vcpu_paused, VcpuState};
 pub use vm_state::{restore_vm, save_vm, VmState};
 

@@ -4,13 +4,22 @@
 //! so that existing orchestrators work unchanged. Unknown fields are errors:
 //! a typo must never be silently ignored.
 
+pub(crate) mod fields;
+mod file;
+
+pub use fields::Absent;
+pub use file::ConfigFile;
+
+use fields::null_is_default;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Most vCPUs a brique VM can have.
 pub const MAX_VCPUS: u8 = 32;
 /// Smallest guest memory brique accepts, in MiB.
 pub const MIN_MEM_MIB: usize = 16;
+/// Smallest MTU of an interface (IPv4's minimum).
+pub const MIN_MTU: u16 = 68;
 
 /// Errors in a VM configuration.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +86,12 @@ pub enum ConfigError {
     /// A MAC address is malformed.
     #[error("invalid guest_mac {0:?}: expected six hex octets like 06:00:ac:10:00:02")]
     InvalidMac(String),
+    /// An MTU outside what an Ethernet tap and virtio-net allow.
+    #[error("network interface {id}: mtu {mtu} is out of range: use 68 to 65535")]
+    InvalidMtu { id: String, mtu: u16 },
+    /// Guest memory is not a whole number of the huge pages asked for.
+    #[error("with huge_pages \"2M\", mem_size_mib must be a multiple of 2, got {0}")]
+    MemNotHugePageMultiple(usize),
 }
 
 /// `boot-source`: the guest kernel, initrd and command line.
@@ -102,11 +117,24 @@ pub struct MachineConfig {
     /// Guest memory in MiB.
     pub mem_size_mib: usize,
     /// Simultaneous multithreading: two threads per core in the guest's topology.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub smt: bool,
     /// Track dirty pages (for diff snapshots).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub track_dirty_pages: bool,
+    /// What backs guest memory.
+    #[serde(default, deserialize_with = "null_is_default")]
+    pub huge_pages: HugePages,
+    /// CPU templates: brique has none; only `"None"` or null.
+    #[serde(default, deserialize_with = "fields::cpu_template", skip_serializing)]
+    pub cpu_template: Absent,
+    /// The GDB server: brique has none; only null.
+    #[serde(
+        default,
+        deserialize_with = "fields::gdb_socket_path",
+        skip_serializing
+    )]
+    pub gdb_socket_path: Absent,
 }
 
 impl Default for MachineConfig {
@@ -116,8 +144,27 @@ impl Default for MachineConfig {
             mem_size_mib: 128,
             smt: false,
             track_dirty_pages: false,
+            huge_pages: HugePages::None,
+            cpu_template: Absent,
+            gdb_socket_path: Absent,
         }
     }
+}
+
+/// `huge_pages`: the pages behind guest memory, as Firecracker names them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HugePages {
+    /// Ordinary anonymous memory, which brique asks the kernel to back
+    /// with transparent huge pages where it can.
+    #[default]
+    None,
+    /// The same as `None` in brique (which always asks for transparent
+    /// huge pages).
+    Transparent,
+    /// 2 MiB huge pages from the host's hugetlbfs pool, reserved when the
+    /// VM starts (a start fails if the pool is short).
+    #[serde(rename = "2M")]
+    Hugetlbfs2M,
 }
 
 /// `PATCH /machine-config`: the fields to change.
@@ -136,6 +183,12 @@ pub struct MachineConfigUpdate {
     /// New dirty page tracking setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub track_dirty_pages: Option<bool>,
+    /// New huge pages setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub huge_pages: Option<HugePages>,
+    /// CPU templates: only `"None"` or null.
+    #[serde(default, deserialize_with = "fields::cpu_template", skip_serializing)]
+    pub cpu_template: Absent,
 }
 
 impl MachineConfig {
@@ -146,6 +199,9 @@ impl MachineConfig {
             mem_size_mib: update.mem_size_mib.unwrap_or(self.mem_size_mib),
             smt: update.smt.unwrap_or(self.smt),
             track_dirty_pages: update.track_dirty_pages.unwrap_or(self.track_dirty_pages),
+            huge_pages: update.huge_pages.unwrap_or(self.huge_pages),
+            cpu_template: Absent,
+            gdb_socket_path: Absent,
         }
     }
 }
@@ -192,18 +248,26 @@ pub struct DriveConfig {
     /// Make this the guest's root device (`root=/dev/vda`).
     pub is_root_device: bool,
     /// Expose the drive read-only.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub is_read_only: bool,
     /// Root partition by PARTUUID instead of the whole device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partuuid: Option<String>,
     /// Flush semantics.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub cache_type: CacheType,
-    /// Firecracker's I/O engine choice, accepted for compatibility: brique
-    /// serves either with the same synchronous positioned I/O.
+    /// Firecracker's I/O engine choice. brique has no io_uring engine yet:
+    /// `Async` is served synchronously, which brique logs and shows by
+    /// keeping `Sync` here (see [`DriveConfig::effective_io_engine`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<IoEngine>,
+    /// A vhost-user backend's socket: brique has none; only null.
+    #[serde(
+        default,
+        deserialize_with = "fields::vhost_user_socket",
+        skip_serializing
+    )]
+    pub socket: Absent,
 }
 
 /// Firecracker's `io_engine` values.
@@ -226,6 +290,10 @@ pub struct NetworkInterfaceConfig {
     /// Guest MAC address, `xx:xx:xx:xx:xx:xx`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
+    /// The MTU offered to the guest (VIRTIO_NET_F_MTU), as Firecracker
+    /// does: the tap's own MTU is the host's to set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
 }
 
 /// A whole VM configuration, as in a Firecracker config file.
@@ -240,29 +308,38 @@ pub struct VmConfig {
     )]
     pub boot_source: Option<BootSourceConfig>,
     /// vCPUs and memory.
-    #[serde(rename = "machine-config", default)]
+    #[serde(
+        rename = "machine-config",
+        default,
+        deserialize_with = "null_is_default"
+    )]
     pub machine_config: MachineConfig,
     /// Block devices.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_default")]
     pub drives: Vec<DriveConfig>,
     /// Network interfaces.
-    #[serde(rename = "network-interfaces", default)]
+    #[serde(
+        rename = "network-interfaces",
+        default,
+        deserialize_with = "null_is_default"
+    )]
     pub network_interfaces: Vec<NetworkInterfaceConfig>,
+    /// The entropy device (virtio-rng), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropyConfig>,
 }
 
-impl VmConfig {
-    /// Parses a config file's JSON (no validation against the host).
-    pub fn from_json(json: &str) -> Result<Self, ConfigError> {
-        Ok(serde_json::from_str(json)?)
-    }
+/// `PUT /entropy` and the `entropy` section: a virtio-rng device fed from
+/// the host's `getrandom`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyConfig {}
 
-    /// Reads and parses a config file.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let json = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_json(&json)
+impl VmConfig {
+    /// The microVM part of a config file's JSON (no validation against the
+    /// host); see [`ConfigFile`] for the whole file.
+    pub fn from_json(json: &str) -> Result<Self, ConfigError> {
+        Ok(ConfigFile::from_json(json)?.vm_config())
     }
 
     /// Checks everything that can be checked before building the VM:
@@ -303,6 +380,12 @@ impl VmConfig {
             if !name_ok {
                 return Err(ConfigError::InvalidTapName(iface.host_dev_name.clone()));
             }
+            if let Some(mtu) = iface.mtu.filter(|mtu| *mtu < MIN_MTU) {
+                return Err(ConfigError::InvalidMtu {
+                    id: iface.iface_id.clone(),
+                    mtu,
+                });
+            }
         }
         Ok(())
     }
@@ -326,6 +409,20 @@ impl BootSourceConfig {
 }
 
 impl DriveConfig {
+    /// brique serves `Async` with its synchronous engine until it has an
+    /// io_uring one: this says so in the log and records `Sync`, the engine
+    /// that serves the drive, so that `GET /vm/config` shows it too.
+    pub fn settle_io_engine(&mut self) {
+        if self.io_engine == Some(IoEngine::Async) {
+            log::warn!(
+                "drive {}: io_engine Async is served by brique's synchronous engine \
+                 (brique has no io_uring engine yet); GET /vm/config shows Sync",
+                self.drive_id
+            );
+            self.io_engine = Some(IoEngine::Sync);
+        }
+    }
+
     /// The backing file opens with the drive's access mode.
     pub fn validate(&self) -> Result<(), ConfigError> {
         std::fs::OpenOptions::new()
@@ -352,6 +449,9 @@ impl MachineConfig {
         }
         if self.mem_size_mib < MIN_MEM_MIB {
             return Err(ConfigError::MemTooSmall(self.mem_size_mib));
+        }
+        if self.huge_pages == HugePages::Hugetlbfs2M && self.mem_size_mib % 2 != 0 {
+            return Err(ConfigError::MemNotHugePageMultiple(self.mem_size_mib));
         }
         for (limit, why) in [
             (limits.host_mem_mib, "the host's physical memory"),
@@ -446,6 +546,7 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const LIMITS: HostLimits = HostLimits {
         host_mem_mib: 4096,
@@ -546,7 +647,7 @@ mod tests {
                 vcpu_count,
                 mem_size_mib,
                 smt,
-                track_dirty_pages: false,
+                ..MachineConfig::default()
             }
             .validate(&LIMITS)
         };
@@ -647,15 +748,16 @@ mod tests {
     }
 
     #[test]
-    fn firecracker_io_engine_is_accepted_and_kept() {
-        let drive: DriveConfig = serde_json::from_str(
+    fn an_async_io_engine_is_accepted_and_shown_as_the_sync_one_that_serves_it() {
+        let mut drive: DriveConfig = serde_json::from_str(
             r#"{"drive_id": "d", "path_on_host": "/x", "is_root_device": false, "io_engine": "Async"}"#,
         )
         .unwrap();
         assert_eq!(drive.io_engine, Some(IoEngine::Async));
+        drive.settle_io_engine();
         assert!(serde_json::to_string(&drive)
             .unwrap()
-            .contains(r#""io_engine":"Async""#));
+            .contains(r#""io_engine":"Sync""#));
         assert!(serde_json::from_str::<DriveConfig>(
             r#"{"drive_id": "d", "path_on_host": "/x", "is_root_device": false, "io_engine": "Turbo"}"#
         )
