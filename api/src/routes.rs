@@ -36,7 +36,6 @@ pub const ROUTES: &[(&str, &[&str])] = &[
 const NOT_IMPLEMENTED: &[&str] = &[
     "balloon",
     "cpu-config",
-    "entropy",
     "hotplug",
     "mmds",
     "vsock",
@@ -106,6 +105,7 @@ pub fn parse(request: &HttpRequest) -> Result<VmmAction, RouteError> {
         ["boot-source"] => "/boot-source",
         ["drives", id] if !id.is_empty() => "/drives/{id}",
         ["network-interfaces", id] if !id.is_empty() => "/network-interfaces/{id}",
+        ["entropy"] => "/entropy",
         ["actions"] => "/actions",
         ["vm"] => "/vm",
         ["vm", "config"] => "/vm/config",
@@ -171,6 +171,7 @@ pub fn parse(request: &HttpRequest) -> Result<VmmAction, RouteError> {
             same_id("iface_id", id, &update.iface_id)?;
             VmmAction::PatchNetworkInterface(update)
         }
+        ("/entropy", Method::Put) => VmmAction::PutEntropy(body(request)?),
         ("/actions", Method::Put) => match body::<ActionBody>(request)?.action_type {
             ActionType::InstanceStart => VmmAction::InstanceStart,
             ActionType::SendCtrlAltDel => VmmAction::SendCtrlAltDel,

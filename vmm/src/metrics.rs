@@ -7,6 +7,7 @@
 
 use brique_devices::virtio::block::BlockCounters;
 use brique_devices::virtio::net::NetCounters;
+use brique_devices::virtio::rng::EntropyCounters;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -119,6 +120,9 @@ pub struct DeviceMetrics {
     pub block: BTreeMap<String, BlockCounters>,
     /// Network interfaces by iface_id.
     pub net: BTreeMap<String, NetCounters>,
+    /// The entropy device, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropyCounters>,
 }
 
 /// One line of the metrics file.

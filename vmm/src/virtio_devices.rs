@@ -4,7 +4,7 @@
 //! command line (`virtio_mmio.device=4K@0xADDR:IRQ`).
 
 use crate::arch;
-use crate::config::{parse_mac, CacheType, DriveConfig, NetworkInterfaceConfig};
+use crate::config::{parse_mac, CacheType, DriveConfig, EntropyConfig, NetworkInterfaceConfig};
 use crate::event_loop::Subscriber;
 use crate::persist::{VirtioDeviceState, VirtioKindState};
 use crate::vm::Vm;
@@ -15,6 +15,7 @@ use brique_devices::virtio::mmio::{
 };
 use brique_devices::virtio::net::tap::{Tap, TapError};
 use brique_devices::virtio::net::Net;
+use brique_devices::virtio::rng::Entropy;
 use brique_devices::virtio::{Interrupt, VirtioDevice};
 use brique_devices::EventFdTrigger;
 use event_manager::MutEventSubscriber;
@@ -92,7 +93,13 @@ pub enum VirtioModel {
     Block(Arc<Mutex<Block>>),
     /// virtio-net.
     Net(Arc<Mutex<Net>>),
+    /// virtio-rng.
+    Entropy(Arc<Mutex<Entropy>>),
 }
+
+/// The id the entropy device goes by in snapshots and logs (Firecracker's
+/// has none: there is at most one).
+pub const ENTROPY_ID: &str = "entropy";
 
 /// One attached virtio device: its id, where it sits, its transport and
 /// its model, kept for runtime changes, counters and snapshots.
@@ -147,7 +154,7 @@ impl AttachedDevices {
     pub fn drives(&self) -> impl Iterator<Item = (&str, &Arc<Mutex<Block>>)> {
         self.virtio.iter().filter_map(|d| match &d.model {
             VirtioModel::Block(block) => Some((d.id.as_str(), block)),
-            VirtioModel::Net(_) => None,
+            VirtioModel::Net(_) | VirtioModel::Entropy(_) => None,
         })
     }
 
@@ -155,7 +162,15 @@ impl AttachedDevices {
     pub fn nets(&self) -> impl Iterator<Item = (&str, &Arc<Mutex<Net>>)> {
         self.virtio.iter().filter_map(|d| match &d.model {
             VirtioModel::Net(net) => Some((d.id.as_str(), net)),
-            VirtioModel::Block(_) => None,
+            VirtioModel::Block(_) | VirtioModel::Entropy(_) => None,
+        })
+    }
+
+    /// The entropy device, if there is one.
+    pub fn entropy(&self) -> Option<&Arc<Mutex<Entropy>>> {
+        self.virtio.iter().find_map(|d| match &d.model {
+            VirtioModel::Entropy(entropy) => Some(entropy),
+            VirtioModel::Block(_) | VirtioModel::Net(_) => None,
         })
     }
 
@@ -167,6 +182,7 @@ impl AttachedDevices {
         let mut transports = Vec::with_capacity(self.virtio.len());
         let mut blocks = Vec::new();
         let mut nets = Vec::new();
+        let mut entropies = Vec::new();
         let mut states = Vec::with_capacity(self.virtio.len());
         for device in &self.virtio {
             // Transport first, then model: the order a vCPU's MMIO access
@@ -186,6 +202,12 @@ impl AttachedDevices {
                     nets.push(guard);
                     state
                 }
+                VirtioModel::Entropy(entropy) => {
+                    let guard = lock(entropy);
+                    let state = VirtioKindState::Entropy(guard.save());
+                    entropies.push(guard);
+                    state
+                }
             };
             transports.push(transport);
             states.push(VirtioDeviceState {
@@ -197,7 +219,7 @@ impl AttachedDevices {
             });
         }
         let result = then(states);
-        drop((blocks, nets, transports));
+        drop((blocks, nets, entropies, transports));
         result
     }
 }
@@ -305,6 +327,15 @@ impl<'a> VirtioAttacher<'a> {
         Ok(())
     }
 
+    /// Attaches the entropy device, if configured.
+    pub fn attach_entropy(&mut self, entropy: Option<&EntropyConfig>) -> Result<(), VirtioSetupError> {
+        if entropy.is_some() {
+            let device = Entropy::new().map_err(|err| VirtioSetupError::Device(err.to_string()))?;
+            self.attach(ENTROPY_ID, device, None, VirtioModel::Entropy)?;
+        }
+        Ok(())
+    }
+
     /// Rebuilds the virtio devices of a snapshot, in their saved order and
     /// slots: each drive's file and interface's tap is opened by the path
     /// and name in `drives` and `interfaces` (the saved configuration, with
@@ -353,6 +384,11 @@ impl<'a> VirtioAttacher<'a> {
                     let net = Net::restore(Box::new(open_tap(iface)?), mac, net_state)
                         .map_err(|err| unfit(err.to_string()))?;
                     self.attach(&state.id, net, Some(&state.transport), VirtioModel::Net)?;
+                }
+                VirtioKindState::Entropy(_) => {
+                    let device =
+                        Entropy::new().map_err(|err| VirtioSetupError::Device(err.to_string()))?;
+                    self.attach(&state.id, device, Some(&state.transport), VirtioModel::Entropy)?;
                 }
             }
         }

@@ -7,6 +7,7 @@ pub mod block;
 pub mod fuzzing;
 pub mod mmio;
 pub mod net;
+pub mod rng;
 pub mod state;
 
 use crate::EventFdTrigger;

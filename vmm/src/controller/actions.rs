@@ -2,7 +2,7 @@
 //! sides of the API thread / VMM thread channel speak these types.
 
 use crate::config::{
-    BootSourceConfig, DriveConfig, DriveUpdate, MachineConfig, MachineConfigUpdate,
+    BootSourceConfig, DriveConfig, DriveUpdate, EntropyConfig, MachineConfig, MachineConfigUpdate,
     NetworkInterfaceConfig, NetworkInterfaceUpdate, VmConfig,
 };
 use crate::logger::LoggerConfig;
@@ -31,6 +31,8 @@ pub enum VmmAction {
     PatchDrive(DriveUpdate),
     /// `PUT /network-interfaces/{id}` (before start).
     PutNetworkInterface(NetworkInterfaceConfig),
+    /// `PUT /entropy` (before InstanceStart).
+    PutEntropy(EntropyConfig),
     /// `PATCH /network-interfaces/{id}` (after start).
     PatchNetworkInterface(NetworkInterfaceUpdate),
     /// `PUT /actions` `InstanceStart`.
@@ -68,6 +70,7 @@ impl VmmAction {
             Self::PutDrive(_) => "PutDrive",
             Self::PatchDrive(_) => "PatchDrive",
             Self::PutNetworkInterface(_) => "PutNetworkInterface",
+            Self::PutEntropy(_) => "PutEntropy",
             Self::PatchNetworkInterface(_) => "PatchNetworkInterface",
             Self::InstanceStart => "InstanceStart",
             Self::SendCtrlAltDel => "SendCtrlAltDel",

@@ -240,6 +240,10 @@ impl Controller {
                 }
                 config.validate_network_interfaces()
             }),
+            VmmAction::PutEntropy(entropy) => self.change_config(name, |config, _| {
+                config.entropy = Some(entropy);
+                Ok(())
+            }),
             VmmAction::PatchDrive(update) => self.patch_drive(name, update),
             VmmAction::PatchNetworkInterface(update) => {
                 self.started(name)?;

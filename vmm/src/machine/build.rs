@@ -274,6 +274,7 @@ impl Machine {
         let mut virtio = VirtioAttacher::new(&vm, &mut buses.mmio, &mut cmdline);
         virtio.attach_drives(&config.drives)?;
         virtio.attach_network_interfaces(&config.network_interfaces)?;
+        virtio.attach_entropy(config.entropy.as_ref())?;
         let (virtio_subscribers, devices) = virtio.finish();
         let buses = Arc::new(buses);
 

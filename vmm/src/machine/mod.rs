@@ -483,6 +483,12 @@ impl Machine {
                 .counters();
             metrics.net.insert(id.to_owned(), counters);
         }
+        metrics.entropy = self.devices.entropy().map(|entropy| {
+            entropy
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .counters()
+        });
         metrics
     }
 

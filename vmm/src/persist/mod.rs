@@ -19,6 +19,7 @@ use brique_devices::serial::SerialConsoleState;
 use brique_devices::virtio::block::BlockState;
 use brique_devices::virtio::mmio::MmioTransportState;
 use brique_devices::virtio::net::NetState;
+use brique_devices::virtio::rng::EntropyState;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -125,6 +126,8 @@ pub enum VirtioKindState {
     Block(BlockState),
     /// virtio-net.
     Net(NetState),
+    /// virtio-rng.
+    Entropy(EntropyState),
 }
 
 impl MicrovmState {
