@@ -207,8 +207,7 @@ impl RateLimiter {
     /// changes.
     pub fn update(&mut self, update: &RateLimiterUpdate) -> Result<(), LimiterError> {
         let now = self.clock.now();
-        let bandwidth = updated(&self.bandwidth, update.bandwidth, TokenKind::Bytes, now)?;
-        let ops = updated(&self.ops, update.ops, TokenKind::Ops, now)?;
+        let (bandwidth, ops) = self.updated_buckets(update, now)?;
         self.bandwidth = bandwidth;
         self.ops = ops;
         if let Some((blocker, _)) = self.blocked {
@@ -220,6 +219,24 @@ impl RateLimiter {
             }
         }
         Ok(())
+    }
+
+    /// Whether [`RateLimiter::update`] would accept `update` (to change
+    /// several limiters all or none).
+    pub fn check_update(&self, update: &RateLimiterUpdate) -> Result<(), LimiterError> {
+        self.updated_buckets(update, self.clock.now()).map(drop)
+    }
+
+    /// The buckets after `update`.
+    fn updated_buckets(
+        &self,
+        update: &RateLimiterUpdate,
+        now: Instant,
+    ) -> Result<(Option<TokenBucket>, Option<TokenBucket>), LimiterError> {
+        Ok((
+            updated(&self.bandwidth, update.bandwidth, TokenKind::Bytes, now)?,
+            updated(&self.ops, update.ops, TokenKind::Ops, now)?,
+        ))
     }
 
     /// The limits in force, as the API shows them.
@@ -504,12 +521,13 @@ mod tests {
             one_time_burst: None,
             refill_time: u64::MAX,
         };
-        let err = rl
-            .update(&RateLimiterUpdate {
-                bandwidth: BucketUpdate::Disable,
-                ops: BucketUpdate::Replace(bad),
-            })
-            .unwrap_err();
+        let update = RateLimiterUpdate {
+            bandwidth: BucketUpdate::Disable,
+            ops: BucketUpdate::Replace(bad),
+        };
+        assert!(rl.check_update(&update).is_err());
+        assert!(rl.check_update(&RateLimiterUpdate::KEEP).is_ok());
+        let err = rl.update(&update).unwrap_err();
         assert!(
             err.to_string().starts_with("ops bucket: refill_time"),
             "{err}"
