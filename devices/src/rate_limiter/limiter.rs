@@ -371,7 +371,7 @@ mod tests {
         )
     }
 
-    /// Waits (up to 1 s) for the timer fd to be readable.
+    /// Waits (up to 3 s) for the timer fd to be readable.
     fn timer_fires(limiter: &RateLimiter) -> bool {
         let mut pollfd = libc::pollfd {
             fd: limiter.timer_fd(),
@@ -379,7 +379,7 @@ mod tests {
             revents: 0,
         };
         // SAFETY: poll reads and writes one pollfd we own.
-        unsafe { libc::poll(&mut pollfd, 1, 1000) == 1 }
+        unsafe { libc::poll(&mut pollfd, 1, 3000) == 1 }
     }
 
     #[test]
@@ -399,20 +399,22 @@ mod tests {
 
     #[test]
     fn a_refusal_blocks_every_request_until_the_timer_fires() {
-        // 2 ops per 100 ms, bandwidth unlimited.
-        let (mut rl, clock) = limiter(&config(None, Some((2, 100))));
+        // 2 ops per second, bandwidth unlimited (one op takes 500 ms,
+        // long enough that the timer does not fire early on a loaded
+        // machine).
+        let (mut rl, clock) = limiter(&config(None, Some((2, 1000))));
         assert!(rl.consume_op(4096));
         assert!(rl.consume_op(4096));
         assert!(!rl.consume_op(4096));
         assert!(rl.is_blocked());
-        assert_eq!(rl.time_until_available(1, TokenKind::Ops), 50 * MS);
+        assert_eq!(rl.time_until_available(1, TokenKind::Ops), 500 * MS);
         // Blocked: even an unlimited kind is refused.
         assert!(!rl.consume(1, TokenKind::Bytes));
         assert_eq!(rl.counters().ops_throttled, 2);
         assert_eq!(rl.counters().bandwidth_throttled, 0);
         assert!(!rl.on_timer_event(), "not fired yet: spurious");
-        clock.advance(50 * MS);
-        assert!(timer_fires(&rl), "armed for the 50 ms one op takes");
+        clock.advance(500 * MS);
+        assert!(timer_fires(&rl), "armed for the 500 ms one op takes");
         assert!(rl.on_timer_event());
         assert!(!rl.is_blocked());
         assert!(rl.consume_op(4096));

@@ -623,17 +623,18 @@ mod rate_limited {
 
     /// Runs the loop for one event (the limiter's timer), waiting up to 1 s.
     fn next_event(loop_: &mut Loop) {
-        assert_eq!(loop_.run_with_timeout(1000).unwrap(), 1, "one event");
+        assert_eq!(loop_.run_with_timeout(3000).unwrap(), 1, "one event");
     }
 
     #[test]
     fn an_ops_limited_queue_stops_and_resumes_when_the_timer_fires() {
         let f = Fixture::new("rl-ops");
         let clock = Arc::new(ManualClock::new());
-        // 2 requests per 40 ms: one every 20 ms.
+        // 2 requests per 400 ms: one every 200 ms (long enough that the
+        // timer does not fire early on a loaded machine).
         let config = RateLimiterConfig {
             bandwidth: None,
-            ops: bucket(2, 40),
+            ops: bucket(2, 400),
         };
         let limiter = RateLimiter::with_clock(&config, clock.clone()).unwrap();
         let (mut loop_, block, mock, notify) = started(&f, limiter, &reads(5, 512));
@@ -650,17 +651,17 @@ mod rate_limited {
         assert_eq!(loop_.run_with_timeout(100).unwrap(), 1);
         assert_eq!(used(), 2);
 
-        // The timer fires (20 ms) but the limiter's clock has not moved:
+        // The timer fires (200 ms) but the limiter's clock has not moved:
         // still no token, the device waits again.
         next_event(&mut loop_);
         assert_eq!(used(), 2);
         assert_eq!(block.lock().unwrap().counters().rate_limiter_resumed, 1);
 
-        // 40 ms on the limiter's clock: two more requests.
-        clock.advance(Duration::from_millis(40));
+        // 400 ms on the limiter's clock: two more requests.
+        clock.advance(Duration::from_millis(400));
         next_event(&mut loop_);
         assert_eq!(used(), 4);
-        clock.advance(Duration::from_millis(20));
+        clock.advance(Duration::from_millis(200));
         next_event(&mut loop_);
         assert_eq!(used(), 5, "all served, in order");
         assert_eq!(f.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);

@@ -500,7 +500,7 @@ mod rate_limited {
     }
 
     fn next_event(loop_: &mut Loop) {
-        assert_eq!(loop_.run_with_timeout(1000).unwrap(), 1, "one event");
+        assert_eq!(loop_.run_with_timeout(3000).unwrap(), 1, "one event");
     }
 
     fn frames_at(peer: &OwnedFd) -> usize {
@@ -547,8 +547,10 @@ mod rate_limited {
     #[test]
     fn rx_past_the_limit_holds_the_frame_and_stops_watching_the_backend() {
         let clock = Arc::new(ManualClock::new());
-        // RX: 1000 bytes per 200 ms (5 bytes per ms).
-        let rx_limiter = limiter(&clock, Some((1000, 200)), None);
+        // RX: 1000 bytes per 1000 ms: the held frame's 500 bytes refill in
+        // 500 ms (long enough that the timer does not fire early on a
+        // loaded machine).
+        let rx_limiter = limiter(&clock, Some((1000, 1000)), None);
         let f = limited_fixture(false, rx_limiter, RateLimiter::unlimited().unwrap());
         let mem = f.mem.clone();
         let peer_fd = f.peer.as_raw_fd();
@@ -570,8 +572,8 @@ mod rate_limited {
         send(peer_fd, &frame(500, 5)).unwrap();
         assert_eq!(loop_.run_with_timeout(30).unwrap(), 0);
 
-        // 100 ms later 500 bytes have refilled: the held frame goes.
-        clock.advance(Duration::from_millis(100));
+        // 500 ms later 500 bytes have refilled: the held frame goes.
+        clock.advance(Duration::from_millis(500));
         next_event(&mut loop_);
         assert_eq!(rxq.used().idx().load(), 3);
         let mut third = [0u8; 1];
