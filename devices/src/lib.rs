@@ -9,6 +9,7 @@ pub mod boot_timer;
 pub mod bus;
 pub mod console_sink;
 pub mod i8042;
+pub mod rate_limiter;
 pub mod rtc;
 pub mod serial;
 pub mod state;

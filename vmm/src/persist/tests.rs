@@ -86,6 +86,7 @@ fn sample() -> MicrovmState {
                     device: VirtioKindState::Block(BlockState {
                         capacity_sectors: 2048,
                         config_generation: 0,
+                        rate_limiter: Default::default(),
                     }),
                 },
                 VirtioDeviceState {
@@ -95,6 +96,7 @@ fn sample() -> MicrovmState {
                     transport: transport(1, vec![queue, queue]),
                     device: VirtioKindState::Net(NetState {
                         rx_held_frame: vec![0; 60],
+                        ..Default::default()
                     }),
                 },
             ],

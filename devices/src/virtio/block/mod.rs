@@ -12,6 +12,9 @@ use super::{
     pop_or_rearm, read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice,
     VirtioEvent, VirtioEvents,
 };
+use crate::rate_limiter::{
+    LimiterError, RateLimiter, RateLimiterConfig, RateLimiterState, RateLimiterUpdate,
+};
 use crate::GuestMemoryMmap;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::sync::Arc;
@@ -20,8 +23,9 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
+use vmm_sys_util::epoll::EventSet;
 
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -48,6 +52,12 @@ pub struct BlockCounters {
     pub write_bytes: u64,
     /// Flush requests completed.
     pub flushes: u64,
+    /// Requests held back by the rate limiter's bandwidth bucket.
+    pub rate_limiter_throttled_bandwidth: u64,
+    /// Requests held back by the rate limiter's ops bucket.
+    pub rate_limiter_throttled_ops: u64,
+    /// Times the queue resumed when the rate limiter's timer fired.
+    pub rate_limiter_resumed: u64,
 }
 
 struct Active {
@@ -65,6 +75,10 @@ pub struct BlockState {
     pub capacity_sectors: u64,
     /// Configuration changes made by the device (backing file swaps).
     pub config_generation: u32,
+    /// The rate limiter's buckets (none in states saved before rate
+    /// limiting, which is what they had).
+    #[serde(default)]
+    pub rate_limiter: RateLimiterState,
 }
 
 /// Why a drive's backing file cannot be swapped.
@@ -85,6 +99,7 @@ pub struct Block {
     events: VirtioEvents,
     counters: BlockCounters,
     config_generation: u32,
+    rate_limiter: RateLimiter,
 }
 
 impl std::fmt::Debug for Block {
@@ -93,13 +108,22 @@ impl std::fmt::Debug for Block {
             .field("disk", &self.disk)
             .field("active", &self.active.is_some())
             .field("counters", &self.counters)
+            .field("rate_limiter", &self.rate_limiter)
             .finish_non_exhaustive()
     }
 }
 
 impl Block {
-    /// A device over `disk`.
+    /// A device over `disk`, without rate limits (they can be set later
+    /// with [`Block::update_rate_limiter`]).
     pub fn new(disk: Disk) -> std::io::Result<Self> {
+        let limiter = RateLimiter::unlimited().map_err(std::io::Error::other)?;
+        Self::with_rate_limiter(disk, limiter)
+    }
+
+    /// A device over `disk` whose requests go through `rate_limiter`
+    /// (bandwidth: bytes read or written; ops: requests of every type).
+    pub fn with_rate_limiter(disk: Disk, rate_limiter: RateLimiter) -> std::io::Result<Self> {
         let mut config = [0u8; CONFIG_LEN];
         config[0..8].copy_from_slice(&disk.capacity_sectors().to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
@@ -119,7 +143,19 @@ impl Block {
             events: VirtioEvents::new()?,
             counters: BlockCounters::default(),
             config_generation: 0,
+            rate_limiter,
         })
+    }
+
+    /// Changes the rate limits at runtime (a PATCH); a queue held back
+    /// resumes under the new limits.
+    pub fn update_rate_limiter(&mut self, update: &RateLimiterUpdate) -> Result<(), LimiterError> {
+        self.rate_limiter.update(update)
+    }
+
+    /// The rate limits in force.
+    pub fn rate_limiter_config(&self) -> RateLimiterConfig {
+        self.rate_limiter.config()
     }
 
     /// Swaps the backing file at runtime (same read-only and cache modes,
@@ -143,6 +179,7 @@ impl Block {
         BlockState {
             capacity_sectors: self.disk.capacity_sectors(),
             config_generation: self.config_generation,
+            rate_limiter: self.rate_limiter.save(),
         }
     }
 
@@ -159,7 +196,8 @@ impl Block {
                 ),
             ));
         }
-        let mut block = Self::new(disk)
+        let limiter = RateLimiter::restore(&state.rate_limiter, "virtio-blk")?;
+        let mut block = Self::with_rate_limiter(disk, limiter)
             .map_err(|err| crate::state::StateError::invalid("virtio-blk", err.to_string()))?;
         block.config_generation = state.config_generation;
         Ok(block)
@@ -172,11 +210,23 @@ impl Block {
 
     /// Request counters.
     pub fn counters(&self) -> BlockCounters {
-        self.counters
+        let throttling = self.rate_limiter.counters();
+        BlockCounters {
+            rate_limiter_throttled_bandwidth: throttling.bandwidth_throttled,
+            rate_limiter_throttled_ops: throttling.ops_throttled,
+            rate_limiter_resumed: throttling.resumed,
+            ..self.counters
+        }
     }
 
-    /// Serves every available request, then interrupts the guest if it
-    /// asked to be told.
+    /// Whether the rate limiter holds the queue back until its timer fires.
+    pub fn is_throttled(&self) -> bool {
+        self.rate_limiter.is_blocked()
+    }
+
+    /// Serves the available requests, then interrupts the guest if it
+    /// asked to be told. A request the rate limiter refuses stays in the
+    /// queue, with every one after it, until the limiter's timer fires.
     pub fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
@@ -188,6 +238,10 @@ impl Block {
             let head = chain.head_index();
             let used_len = match request::parse(chain, &active.mem, capacity, max_descriptors) {
                 Ok(req) => {
+                    if !self.rate_limiter.consume_op(req.rate_limited_bytes()) {
+                        active.queue.go_to_previous_position();
+                        break;
+                    }
                     let done = self.disk.execute(&req, &active.mem);
                     let reported = active.mem.write_obj(done.status, req.status).is_ok();
                     if done.status == 0 && reported {
@@ -291,12 +345,21 @@ impl VirtioDevice for Block {
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
         self.events.watch(ops, "virtio-blk");
+        let timer = Events::new_raw(self.rate_limiter.timer_fd(), EventSet::IN);
+        if let Err(err) = ops.add(timer) {
+            log::error!("virtio-blk: cannot watch the rate limiter: {err:?}");
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match self.events.classify(&events, ops) {
             // On activation: requests the driver queued before we watched.
             VirtioEvent::Activated | VirtioEvent::Notified(_) => self.process_queue(),
+            VirtioEvent::Other if events.fd() == self.rate_limiter.timer_fd() => {
+                if self.rate_limiter.on_timer_event() {
+                    self.process_queue();
+                }
+            }
             VirtioEvent::Other => {}
         }
     }

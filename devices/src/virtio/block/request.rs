@@ -81,6 +81,17 @@ pub struct Request {
     pub status: GuestAddress,
 }
 
+impl Request {
+    /// The bytes a rate limiter counts for this request: the data of reads
+    /// and writes (other requests count as operations only).
+    pub fn rate_limited_bytes(&self) -> u64 {
+        match self.kind {
+            RequestType::In | RequestType::Out => self.data_len,
+            _ => 0,
+        }
+    }
+}
+
 /// Why a request cannot be executed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {

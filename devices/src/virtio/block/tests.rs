@@ -54,6 +54,17 @@ impl Fixture {
         Block::new(Disk::new(file, read_only, cache, "data-disk").unwrap()).unwrap()
     }
 
+    /// A device over the fixture's file whose requests go through `limiter`.
+    fn limited_device(&self, limiter: crate::rate_limiter::RateLimiter) -> Block {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .unwrap();
+        let disk = Disk::new(file, false, CacheMode::Unsafe, "data-disk").unwrap();
+        Block::with_rate_limiter(disk, limiter).unwrap()
+    }
+
     /// Runs one chain through a fresh activated device; returns the used
     /// length, the status byte and the device.
     fn run(&self, block: &mut Block, descs: &[RawDescriptor]) -> (u32, u8) {
@@ -538,4 +549,207 @@ fn a_restored_block_device_needs_the_disk_size_the_guest_knows() {
     let disk = Disk::new(file(), false, CacheMode::Writeback, "data-disk").unwrap();
     let err = Block::restore(disk, &saved).unwrap_err();
     assert!(err.to_string().contains("sectors"), "{err}");
+}
+
+mod rate_limited {
+    //! A rate-limited queue: it serves what the limiter allows, leaves the
+    //! rest in the ring, and resumes when the limiter's timer fires in the
+    //! event loop. The limiter reads a clock the test moves, so whether a
+    //! timer event serves anything depends on that clock only.
+
+    use super::*;
+    use crate::rate_limiter::{
+        BucketUpdate, ManualClock, RateLimiter, RateLimiterConfig, RateLimiterUpdate,
+        TokenBucketConfig,
+    };
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    type Loop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+    fn bucket(size: u64, refill_time: u64) -> Option<TokenBucketConfig> {
+        Some(TokenBucketConfig {
+            size,
+            one_time_burst: None,
+            refill_time,
+        })
+    }
+
+    /// `count` read requests of `len` bytes each, three descriptors apiece.
+    fn reads(count: u16, len: u32) -> Vec<RawDescriptor> {
+        (0..count)
+            .flat_map(|i| {
+                [
+                    desc(HEADER, 16, NEXT, 3 * i + 1),
+                    desc(DATA, len, WRITE | NEXT, 3 * i + 2),
+                    desc(STATUS, 1, WRITE, 0),
+                ]
+            })
+            .collect()
+    }
+
+    /// A limited device in an event loop, activated on a mock queue
+    /// holding `chains`; returns the loop, the device, the mock queue and
+    /// the queue's notifier.
+    fn started<'m>(
+        f: &'m Fixture,
+        limiter: RateLimiter,
+        chains: &[RawDescriptor],
+    ) -> (
+        Loop,
+        Arc<Mutex<Block>>,
+        MockSplitQueue<'m, GuestMemoryMmap>,
+        EventFd,
+    ) {
+        let block = Arc::new(Mutex::new(f.limited_device(limiter)));
+        let mut loop_ = Loop::new().unwrap();
+        loop_.add_subscriber(block.clone());
+        f.mem
+            .write_slice(&[0u8; 0x1_0000], GuestAddress(0x4_0000))
+            .unwrap();
+        let mock = MockSplitQueue::create(&f.mem, GuestAddress(0x4_0000), 16);
+        f.header(VIRTIO_BLK_T_IN, 0);
+        mock.add_desc_chains(chains, 0).unwrap();
+        let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+        f.activate_notified_by(
+            &mut block.lock().unwrap(),
+            mock.create_queue().unwrap(),
+            notify.try_clone().unwrap(),
+        );
+        assert_eq!(loop_.run_with_timeout(100).unwrap(), 1, "activation");
+        (loop_, block, mock, notify)
+    }
+
+    /// Runs the loop for one event (the limiter's timer), waiting up to 1 s.
+    fn next_event(loop_: &mut Loop) {
+        assert_eq!(loop_.run_with_timeout(3000).unwrap(), 1, "one event");
+    }
+
+    #[test]
+    fn an_ops_limited_queue_stops_and_resumes_when_the_timer_fires() {
+        let f = Fixture::new("rl-ops");
+        let clock = Arc::new(ManualClock::new());
+        // 2 requests per 400 ms: one every 200 ms (long enough that the
+        // timer does not fire early on a loaded machine).
+        let config = RateLimiterConfig {
+            bandwidth: None,
+            ops: bucket(2, 400),
+        };
+        let limiter = RateLimiter::with_clock(&config, clock.clone()).unwrap();
+        let (mut loop_, block, mock, notify) = started(&f, limiter, &reads(5, 512));
+        let used = || mock.used().idx().load();
+        assert_eq!(used(), 2, "the bucket's 2 requests, the rest left queued");
+        assert!(block.lock().unwrap().is_throttled());
+        assert_eq!(
+            block.lock().unwrap().counters().rate_limiter_throttled_ops,
+            1
+        );
+
+        // A notification while throttled serves nothing.
+        notify.write(1).unwrap();
+        assert_eq!(loop_.run_with_timeout(100).unwrap(), 1);
+        assert_eq!(used(), 2);
+
+        // The timer fires (200 ms) but the limiter's clock has not moved:
+        // still no token, the device waits again.
+        next_event(&mut loop_);
+        assert_eq!(used(), 2);
+        assert_eq!(block.lock().unwrap().counters().rate_limiter_resumed, 1);
+
+        // 400 ms on the limiter's clock: two more requests.
+        clock.advance(Duration::from_millis(400));
+        next_event(&mut loop_);
+        assert_eq!(used(), 4);
+        clock.advance(Duration::from_millis(200));
+        next_event(&mut loop_);
+        assert_eq!(used(), 5, "all served, in order");
+        assert_eq!(f.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0);
+
+        // An empty queue arms no timer.
+        assert!(!block.lock().unwrap().is_throttled());
+        assert_eq!(loop_.run_with_timeout(100).unwrap(), 0);
+        let counters = block.lock().unwrap().counters();
+        assert_eq!(counters.completed, 5);
+        assert_eq!(counters.rate_limiter_throttled_bandwidth, 0);
+        assert_eq!(counters.rate_limiter_resumed, 3);
+    }
+
+    #[test]
+    fn a_bandwidth_limited_queue_counts_data_bytes() {
+        let f = Fixture::new("rl-bytes");
+        let clock = Arc::new(ManualClock::new());
+        // 2048 bytes per 1000 ms: two 1 KiB reads, not a third.
+        let config = RateLimiterConfig {
+            bandwidth: bucket(2048, 1000),
+            ops: None,
+        };
+        let limiter = RateLimiter::with_clock(&config, clock.clone()).unwrap();
+        let (mut loop_, block, mock, _notify) = started(&f, limiter, &reads(3, 1024));
+        assert_eq!(mock.used().idx().load(), 2);
+        let counters = block.lock().unwrap().counters();
+        assert_eq!(counters.rate_limiter_throttled_bandwidth, 1);
+        assert_eq!(counters.read_bytes, 2048);
+        // 1024 bytes refill in 500 ms.
+        clock.advance(Duration::from_millis(499));
+        let wait = block
+            .lock()
+            .unwrap()
+            .rate_limiter
+            .time_until_available(1024, crate::rate_limiter::TokenKind::Bytes);
+        assert!(wait <= Duration::from_millis(1), "{wait:?}");
+        clock.advance(Duration::from_millis(1));
+        next_event(&mut loop_);
+        assert_eq!(mock.used().idx().load(), 3);
+    }
+
+    #[test]
+    fn an_update_lifts_the_limit_and_the_queue_resumes() {
+        let f = Fixture::new("rl-patch");
+        // One request per 1000 s: without the update, the queue would wait.
+        let config = RateLimiterConfig {
+            bandwidth: None,
+            ops: bucket(1, 1_000_000),
+        };
+        let limiter = RateLimiter::new(&config).unwrap();
+        let (mut loop_, block, mock, _notify) = started(&f, limiter, &reads(4, 512));
+        assert_eq!(mock.used().idx().load(), 1);
+        let update: RateLimiterUpdate =
+            serde_json::from_str(r#"{"ops": {"size": 0, "refill_time": 0}}"#).unwrap();
+        assert_eq!(update.ops, BucketUpdate::Disable);
+        block.lock().unwrap().update_rate_limiter(&update).unwrap();
+        assert_eq!(
+            block.lock().unwrap().rate_limiter_config(),
+            RateLimiterConfig::UNLIMITED
+        );
+        next_event(&mut loop_);
+        assert_eq!(mock.used().idx().load(), 4);
+    }
+
+    #[test]
+    fn the_limiter_is_saved_with_the_device_and_old_states_have_none() {
+        let f = Fixture::new("rl-state");
+        let config = RateLimiterConfig {
+            bandwidth: bucket(1 << 20, 100),
+            ops: bucket(100, 1000),
+        };
+        let block = f.limited_device(RateLimiter::new(&config).unwrap());
+        let saved = block.save();
+        assert_eq!(saved.rate_limiter.ops.map(|ops| ops.budget), Some(100));
+        let json = serde_json::to_string(&saved).unwrap();
+        let parsed: BlockState = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed, saved);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&f.path)
+            .unwrap();
+        let disk = Disk::new(file, false, CacheMode::Unsafe, "data-disk").unwrap();
+        let restored = Block::restore(disk, &parsed).unwrap();
+        assert_eq!(restored.rate_limiter_config(), config);
+
+        let old: BlockState =
+            serde_json::from_str(r#"{"capacity_sectors": 64, "config_generation": 2}"#).unwrap();
+        assert_eq!(old.rate_limiter, Default::default());
+    }
 }

@@ -3,6 +3,12 @@
 //! on the tap, mergeable RX buffers. Event-driven: the tap is watched only
 //! while the guest has RX buffers; without them RX pauses (one frame held)
 //! and resumes on the guest's RX notification, so memory stays bounded.
+//!
+//! Each direction has a rate limiter (ops: frames; bandwidth: frame bytes,
+//! virtio-net header included). A TX frame the limiter refuses stays in
+//! the queue; a refused RX frame is held as when the guest has no buffers,
+//! and the backend is not watched meanwhile. Either resumes when its
+//! limiter's timer fires.
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
@@ -14,6 +20,9 @@ use super::{
     pop_or_rearm, read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice,
     VirtioEvent, VirtioEvents,
 };
+use crate::rate_limiter::{
+    LimiterError, RateLimiter, RateLimiterConfig, RateLimiterState, RateLimiterUpdate,
+};
 use crate::GuestMemoryMmap;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::io;
@@ -22,7 +31,7 @@ use std::sync::Arc;
 use tap::{Tap, VNET_HDR_LEN};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::*;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 
@@ -69,6 +78,9 @@ pub enum RxState {
     /// The guest has no RX buffers: stop watching the backend until it
     /// adds some (one frame is held meanwhile).
     OutOfBuffers,
+    /// The RX rate limiter refused the next frame: stop watching the
+    /// backend until its timer fires (the frame is held meanwhile).
+    Throttled,
 }
 
 /// Counters of one interface (written as they are in metrics lines).
@@ -86,16 +98,35 @@ pub struct NetCounters {
     pub tx_bytes: u64,
     /// Guest frames dropped: too large, too short, bad addresses, wrong direction.
     pub tx_dropped: u64,
+    /// RX frames held back by the RX rate limiter's bandwidth bucket.
+    pub rx_rate_limiter_throttled_bandwidth: u64,
+    /// RX frames held back by the RX rate limiter's ops bucket.
+    pub rx_rate_limiter_throttled_ops: u64,
+    /// Times RX resumed when the RX rate limiter's timer fired.
+    pub rx_rate_limiter_resumed: u64,
+    /// TX frames held back by the TX rate limiter's bandwidth bucket.
+    pub tx_rate_limiter_throttled_bandwidth: u64,
+    /// TX frames held back by the TX rate limiter's ops bucket.
+    pub tx_rate_limiter_throttled_ops: u64,
+    /// Times TX resumed when the TX rate limiter's timer fired.
+    pub tx_rate_limiter_resumed: u64,
 }
 
 /// What a network device keeps across a snapshot besides its transport and
 /// queues (the tap is opened again by name).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetState {
     /// A frame read from the tap and held while the guest had no RX buffer
     /// (header included); delivered first after the restore.
     pub rx_held_frame: Vec<u8>,
+    /// The RX rate limiter's buckets (none in states saved before rate
+    /// limiting, which is what they had).
+    #[serde(default)]
+    pub rx_rate_limiter: RateLimiterState,
+    /// The TX rate limiter's buckets.
+    #[serde(default)]
+    pub tx_rate_limiter: RateLimiterState,
 }
 
 struct Active {
@@ -118,6 +149,8 @@ pub struct Net {
     rx_pending: usize,
     tx_frame: Vec<u8>,
     counters: NetCounters,
+    rx_limiter: RateLimiter,
+    tx_limiter: RateLimiter,
 }
 
 impl std::fmt::Debug for Net {
@@ -126,14 +159,29 @@ impl std::fmt::Debug for Net {
             .field("backend_fd", &self.tap.as_raw_fd())
             .field("active", &self.active.is_some())
             .field("counters", &self.counters)
+            .field("rx_limiter", &self.rx_limiter)
+            .field("tx_limiter", &self.tx_limiter)
             .finish_non_exhaustive()
     }
 }
 
 impl Net {
     /// A device over `tap` (any frame backend), with `mac` (the guest picks
-    /// one when `None`).
+    /// one when `None`), without rate limits (they can be set later with
+    /// [`Net::update_rate_limiters`]).
     pub fn new(tap: Box<dyn FrameBackend>, mac: Option<[u8; 6]>) -> io::Result<Self> {
+        let unlimited = || RateLimiter::unlimited().map_err(io::Error::other);
+        Self::with_rate_limiters(tap, mac, unlimited()?, unlimited()?)
+    }
+
+    /// A device over `tap` with `mac` whose frames to the guest go through
+    /// `rx_limiter` and frames from the guest through `tx_limiter`.
+    pub fn with_rate_limiters(
+        tap: Box<dyn FrameBackend>,
+        mac: Option<[u8; 6]>,
+        rx_limiter: RateLimiter,
+        tx_limiter: RateLimiter,
+    ) -> io::Result<Self> {
         let mut config = [0u8; 10];
         config[..6].copy_from_slice(&mac.unwrap_or_default());
         config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
@@ -150,13 +198,41 @@ impl Net {
             rx_pending: 0,
             tx_frame: Vec::with_capacity(MAX_FRAME_LEN),
             counters: NetCounters::default(),
+            rx_limiter,
+            tx_limiter,
         })
+    }
+
+    /// Changes the rate limits of both directions at runtime (a PATCH),
+    /// both or neither; a direction held back resumes under the new
+    /// limits.
+    pub fn update_rate_limiters(
+        &mut self,
+        rx: &RateLimiterUpdate,
+        tx: &RateLimiterUpdate,
+    ) -> Result<(), LimiterError> {
+        self.rx_limiter.check_update(rx)?;
+        self.tx_limiter.check_update(tx)?;
+        self.rx_limiter.update(rx)?;
+        self.tx_limiter.update(tx)
+    }
+
+    /// The RX rate limits in force.
+    pub fn rx_rate_limiter_config(&self) -> RateLimiterConfig {
+        self.rx_limiter.config()
+    }
+
+    /// The TX rate limits in force.
+    pub fn tx_rate_limiter_config(&self) -> RateLimiterConfig {
+        self.tx_limiter.config()
     }
 
     /// The device's own state (its queues are saved by the transport).
     pub fn save(&self) -> NetState {
         NetState {
             rx_held_frame: self.rx_frame[..self.rx_pending].to_vec(),
+            rx_rate_limiter: self.rx_limiter.save(),
+            tx_rate_limiter: self.tx_limiter.save(),
         }
     }
 
@@ -173,7 +249,9 @@ impl Net {
                 format!("a held frame of {held} bytes"),
             ));
         }
-        let mut net = Self::new(tap, mac)
+        let rx_limiter = RateLimiter::restore(&state.rx_rate_limiter, "virtio-net")?;
+        let tx_limiter = RateLimiter::restore(&state.tx_rate_limiter, "virtio-net")?;
+        let mut net = Self::with_rate_limiters(tap, mac, rx_limiter, tx_limiter)
             .map_err(|err| crate::state::StateError::invalid("virtio-net", err.to_string()))?;
         net.rx_frame[..held].copy_from_slice(&state.rx_held_frame);
         net.rx_pending = held;
@@ -182,14 +260,26 @@ impl Net {
 
     /// Traffic counters.
     pub fn counters(&self) -> NetCounters {
-        self.counters
+        let rx = self.rx_limiter.counters();
+        let tx = self.tx_limiter.counters();
+        NetCounters {
+            rx_rate_limiter_throttled_bandwidth: rx.bandwidth_throttled,
+            rx_rate_limiter_throttled_ops: rx.ops_throttled,
+            rx_rate_limiter_resumed: rx.resumed,
+            tx_rate_limiter_throttled_bandwidth: tx.bandwidth_throttled,
+            tx_rate_limiter_throttled_ops: tx.ops_throttled,
+            tx_rate_limiter_resumed: tx.resumed,
+            ..self.counters
+        }
     }
 
     fn acked(&self, feature: u32) -> bool {
         self.acked_features & (1 << feature) != 0
     }
 
-    /// Sends every frame the guest queued on TX to the tap.
+    /// Sends the frames the guest queued on TX to the tap; a frame the TX
+    /// rate limiter refuses stays in the queue, with every one after it,
+    /// until the limiter's timer fires.
     pub fn process_tx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
@@ -218,6 +308,10 @@ impl Net {
                 }
             }
             if valid && self.tx_frame.len() > VNET_HDR_LEN {
+                if !self.tx_limiter.consume_op(self.tx_frame.len() as u64) {
+                    active.tx.go_to_previous_position();
+                    break;
+                }
                 match self.tap.write_frame(&self.tx_frame) {
                     Ok(_) => {
                         self.counters.tx_packets += 1;
@@ -242,7 +336,8 @@ impl Net {
     }
 
     /// Moves frames from the backend to the guest until the backend is
-    /// empty or the guest has no more RX buffers.
+    /// empty, the guest has no more RX buffers, or the RX rate limiter
+    /// refuses a frame.
     pub fn process_rx(&mut self) -> RxState {
         let mut state = RxState::Drained;
         loop {
@@ -257,6 +352,11 @@ impl Net {
                     }
                 }
             }
+            let frame_len = self.rx_pending as u64;
+            if !self.rx_limiter.consume_op(frame_len) {
+                state = RxState::Throttled;
+                break;
+            }
             match self.deliver_pending() {
                 Delivery::Done => {
                     self.rx_pending = 0;
@@ -264,6 +364,8 @@ impl Net {
                 }
                 Delivery::Dropped => self.rx_pending = 0,
                 Delivery::NoBuffers => {
+                    // The frame stays held: it is charged when it goes.
+                    self.rx_limiter.refund_op(frame_len);
                     state = RxState::OutOfBuffers;
                     break;
                 }
@@ -284,7 +386,8 @@ impl Net {
         }
     }
 
-    /// Runs RX and watches the backend only while the guest has buffers.
+    /// Runs RX and watches the backend only while the guest has buffers
+    /// and the rate limiter lets frames through.
     fn rx_and_watch(&mut self, ops: &mut EventOps) {
         let want_watch = self.process_rx() == RxState::Drained;
         let events = Events::new_raw(self.tap.as_raw_fd(), EventSet::IN);
@@ -481,6 +584,11 @@ impl VirtioDevice for Net {
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
         self.events.watch(ops, "virtio-net");
+        for limiter in [&self.rx_limiter, &self.tx_limiter] {
+            if let Err(err) = ops.add(Events::new_raw(limiter.timer_fd(), EventSet::IN)) {
+                log::error!("virtio-net: cannot watch a rate limiter: {err:?}");
+            }
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -494,6 +602,16 @@ impl MutEventSubscriber for Net {
             VirtioEvent::Notified(RX_QUEUE) => self.rx_and_watch(ops),
             VirtioEvent::Notified(_) => self.process_tx(),
             VirtioEvent::Other if events.fd() == self.tap.as_raw_fd() => self.rx_and_watch(ops),
+            VirtioEvent::Other if events.fd() == self.rx_limiter.timer_fd() => {
+                if self.rx_limiter.on_timer_event() {
+                    self.rx_and_watch(ops);
+                }
+            }
+            VirtioEvent::Other if events.fd() == self.tx_limiter.timer_fd() => {
+                if self.tx_limiter.on_timer_event() {
+                    self.process_tx();
+                }
+            }
             VirtioEvent::Other => {}
         }
     }

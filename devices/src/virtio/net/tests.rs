@@ -29,9 +29,20 @@ struct Fixture {
 }
 
 fn fixture(mergeable: bool) -> Fixture {
+    let unlimited = || crate::rate_limiter::RateLimiter::unlimited().unwrap();
+    limited_fixture(mergeable, unlimited(), unlimited())
+}
+
+/// A fixture whose device has rate limiters `rx` and `tx`.
+fn limited_fixture(
+    mergeable: bool,
+    rx: crate::rate_limiter::RateLimiter,
+    tx: crate::rate_limiter::RateLimiter,
+) -> Fixture {
     let (backend, peer) = socket_pair().unwrap();
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let mut net = Net::new(Box::new(backend), Some([6, 0, 0, 0, 0, 1])).unwrap();
+    let mut net =
+        Net::with_rate_limiters(Box::new(backend), Some([6, 0, 0, 0, 0, 1]), rx, tx).unwrap();
     let mut features = super::super::VIRTIO_F_VERSION_1;
     if mergeable {
         features |= 1 << VIRTIO_NET_F_MRG_RXBUF;
@@ -409,20 +420,229 @@ fn a_held_rx_frame_survives_a_restore_and_impossible_ones_are_refused() {
     let (backend, _peer) = socket_pair().unwrap();
     let held = NetState {
         rx_held_frame: vec![0x42; VNET_HDR_LEN + 60],
+        ..Default::default()
     };
     let net = Net::restore(Box::new(backend), None, &held).unwrap();
     assert_eq!(net.save(), held);
     for bad in [vec![0; VNET_HDR_LEN], vec![0; MAX_FRAME_LEN + 1]] {
         let (backend, _peer) = socket_pair().unwrap();
-        let state = NetState { rx_held_frame: bad };
+        let state = NetState {
+            rx_held_frame: bad,
+            ..Default::default()
+        };
         assert!(Net::restore(Box::new(backend), None, &state).is_err());
     }
     let (backend, _peer) = socket_pair().unwrap();
-    let idle = NetState {
-        rx_held_frame: Vec::new(),
-    };
+    let idle = NetState::default();
     assert_eq!(
         Net::restore(Box::new(backend), None, &idle).unwrap().save(),
         idle
     );
+}
+
+mod rate_limited {
+    //! Rate-limited directions: frames the limiter refuses wait (TX in the
+    //! queue, RX in the device's one held frame, with the backend not
+    //! watched) and go when the limiter's timer fires in the event loop.
+    //! The limiters read a clock the test moves.
+
+    use super::*;
+    use crate::rate_limiter::{
+        ManualClock, RateLimiter, RateLimiterConfig, RateLimiterUpdate, TokenBucketConfig,
+    };
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    type Loop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+    fn limiter(
+        clock: &Arc<ManualClock>,
+        bandwidth: Option<(u64, u64)>,
+        ops: Option<(u64, u64)>,
+    ) -> RateLimiter {
+        let bucket = |(size, refill_time)| TokenBucketConfig {
+            size,
+            one_time_burst: None,
+            refill_time,
+        };
+        let config = RateLimiterConfig {
+            bandwidth: bandwidth.map(bucket),
+            ops: ops.map(bucket),
+        };
+        RateLimiter::with_clock(&config, clock.clone()).unwrap()
+    }
+
+    /// The fixture's device in an event loop, activated with RX chains
+    /// `rx` and TX chains `tx`.
+    fn started<'m>(
+        f: Fixture,
+        mem: &'m GuestMemoryMmap,
+        rx: &[RawDescriptor],
+        tx: &[RawDescriptor],
+    ) -> (
+        Loop,
+        Arc<Mutex<Net>>,
+        OwnedFd,
+        MockSplitQueue<'m, GuestMemoryMmap>,
+        MockSplitQueue<'m, GuestMemoryMmap>,
+    ) {
+        let (queues, rxq, txq) = mock_queues(mem, rx, tx, fresh_notifiers());
+        let net = Arc::new(Mutex::new(f.net));
+        let mut loop_ = Loop::new().unwrap();
+        loop_.add_subscriber(net.clone());
+        net.lock()
+            .unwrap()
+            .activate(mem.clone(), queues, f.interrupt.clone())
+            .unwrap();
+        assert_eq!(loop_.run_with_timeout(100).unwrap(), 1, "activation");
+        (loop_, net, f.peer, rxq, txq)
+    }
+
+    fn next_event(loop_: &mut Loop) {
+        assert_eq!(loop_.run_with_timeout(3000).unwrap(), 1, "one event");
+    }
+
+    fn frames_at(peer: &OwnedFd) -> usize {
+        let mut buf = vec![0u8; MAX_FRAME_LEN];
+        let mut count = 0;
+        while recv(peer.as_raw_fd(), &mut buf).is_ok() {
+            count += 1;
+        }
+        count
+    }
+
+    #[test]
+    fn tx_frames_past_the_limit_wait_in_the_queue_for_the_timer() {
+        let clock = Arc::new(ManualClock::new());
+        // TX: 2 frames per 40 ms.
+        let tx_limiter = limiter(&clock, None, Some((2, 40)));
+        let f = limited_fixture(false, RateLimiter::unlimited().unwrap(), tx_limiter);
+        let mem = f.mem.clone();
+        mem.write_slice(&frame(200, 0x42), GuestAddress(BUFFERS))
+            .unwrap();
+        let tx: Vec<_> = (0..5).map(|_| desc(BUFFERS, 200, 0, 0)).collect();
+        let (mut loop_, net, peer, _rxq, txq) = started(f, &mem, &[], &tx);
+        assert_eq!(frames_at(&peer), 2);
+        assert_eq!(txq.used().idx().load(), 2, "the others stay available");
+        assert_eq!(
+            net.lock().unwrap().counters().tx_rate_limiter_throttled_ops,
+            1
+        );
+
+        clock.advance(Duration::from_millis(40));
+        next_event(&mut loop_);
+        assert_eq!(frames_at(&peer), 2);
+        assert_eq!(txq.used().idx().load(), 4);
+        clock.advance(Duration::from_millis(20));
+        next_event(&mut loop_);
+        assert_eq!(frames_at(&peer), 1);
+        assert_eq!(txq.used().idx().load(), 5);
+        let counters = net.lock().unwrap().counters();
+        assert_eq!((counters.tx_packets, counters.tx_bytes), (5, 1000));
+        assert_eq!(counters.tx_rate_limiter_resumed, 2);
+        assert_eq!(counters.rx_rate_limiter_throttled_ops, 0);
+    }
+
+    #[test]
+    fn rx_past_the_limit_holds_the_frame_and_stops_watching_the_backend() {
+        let clock = Arc::new(ManualClock::new());
+        // RX: 1000 bytes per 1000 ms: the held frame's 500 bytes refill in
+        // 500 ms (long enough that the timer does not fire early on a
+        // loaded machine).
+        let rx_limiter = limiter(&clock, Some((1000, 1000)), None);
+        let f = limited_fixture(false, rx_limiter, RateLimiter::unlimited().unwrap());
+        let mem = f.mem.clone();
+        let peer_fd = f.peer.as_raw_fd();
+        for fill in 1..=4 {
+            send(peer_fd, &frame(500, fill)).unwrap();
+        }
+        let (mut loop_, net, _peer, rxq, _txq) = started(f, &mem, &rx_buffers(8, 1600), &[]);
+        assert_eq!(rxq.used().idx().load(), 2, "1000 bytes delivered");
+        assert!(net.lock().unwrap().rx_paused(), "backend not watched");
+        assert_eq!(net.lock().unwrap().rx_pending, 500, "the third frame held");
+        assert_eq!(
+            net.lock()
+                .unwrap()
+                .counters()
+                .rx_rate_limiter_throttled_bandwidth,
+            1
+        );
+        // More frames arrive: the backend is not watched, nothing runs.
+        send(peer_fd, &frame(500, 5)).unwrap();
+        assert_eq!(loop_.run_with_timeout(30).unwrap(), 0);
+
+        // 500 ms later 500 bytes have refilled: the held frame goes.
+        clock.advance(Duration::from_millis(500));
+        next_event(&mut loop_);
+        assert_eq!(rxq.used().idx().load(), 3);
+        let mut third = [0u8; 1];
+        mem.read_slice(&mut third, GuestAddress(BUFFERS + 2 * 0x1000 + 100))
+            .unwrap();
+        assert_eq!(third[0], 3, "frames in order");
+        // Lifting the limit lets the rest through at once.
+        net.lock()
+            .unwrap()
+            .update_rate_limiters(
+                &serde_json::from_str::<RateLimiterUpdate>(
+                    r#"{"bandwidth": {"size": 0, "refill_time": 0}}"#,
+                )
+                .unwrap(),
+                &RateLimiterUpdate::KEEP,
+            )
+            .unwrap();
+        next_event(&mut loop_);
+        assert_eq!(rxq.used().idx().load(), 5);
+        assert!(!net.lock().unwrap().rx_paused(), "watching again");
+        assert_eq!(
+            net.lock().unwrap().rx_rate_limiter_config(),
+            RateLimiterConfig::UNLIMITED
+        );
+    }
+
+    #[test]
+    fn a_frame_held_for_lack_of_buffers_is_charged_once() {
+        let clock = Arc::new(ManualClock::new());
+        let rx_limiter = limiter(&clock, Some((10_000, 1000)), Some((10, 1000)));
+        let mut f = limited_fixture(false, rx_limiter, RateLimiter::unlimited().unwrap());
+        let mem = f.mem.clone();
+        let (_rxq, _txq) = f.activate(&mem, &[], &[]);
+        send(f.peer.as_raw_fd(), &frame(1000, 1)).unwrap();
+        for _ in 0..3 {
+            assert_eq!(f.net.process_rx(), RxState::OutOfBuffers);
+        }
+        let save = f.net.save();
+        assert_eq!(save.rx_rate_limiter.ops.map(|b| b.budget), Some(10));
+        assert_eq!(
+            save.rx_rate_limiter.bandwidth.map(|b| b.budget),
+            Some(10_000)
+        );
+        assert_eq!(save.tx_rate_limiter, Default::default());
+    }
+
+    #[test]
+    fn both_limiters_are_saved_and_old_states_have_none() {
+        let clock = Arc::new(ManualClock::new());
+        let f = limited_fixture(
+            false,
+            limiter(&clock, Some((1 << 20, 100)), None),
+            limiter(&clock, None, Some((1000, 1000))),
+        );
+        let saved = f.net.save();
+        let json = serde_json::to_string(&saved).unwrap();
+        let parsed: NetState = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed, saved);
+        let (backend, _peer) = socket_pair().unwrap();
+        let restored = Net::restore(Box::new(backend), None, &parsed).unwrap();
+        assert_eq!(
+            restored.rx_rate_limiter_config(),
+            f.net.rx_rate_limiter_config()
+        );
+        assert_eq!(
+            restored.tx_rate_limiter_config(),
+            f.net.tx_rate_limiter_config()
+        );
+        let old: NetState = serde_json::from_str(r#"{"rx_held_frame": []}"#).unwrap();
+        assert_eq!(old, NetState::default());
+    }
 }
