@@ -22,6 +22,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/boot-source", &["PUT"]),
     ("/drives/{id}", &["PUT", "PATCH"]),
     ("/network-interfaces/{id}", &["PUT", "PATCH"]),
+    ("/entropy", &["PUT"]),
     ("/actions", &["PUT"]),
     ("/vm", &["PATCH"]),
     ("/vm/config", &["GET"]),
@@ -33,13 +34,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
 
 /// Firecracker endpoints brique does not implement (yet): answered 404
 /// with a message that says so.
-const NOT_IMPLEMENTED: &[&str] = &[
-    "balloon",
-    "cpu-config",
-    "hotplug",
-    "mmds",
-    "vsock",
-];
+const NOT_IMPLEMENTED: &[&str] = &["balloon", "cpu-config", "hotplug", "mmds", "vsock"];
 
 /// A request that never reaches the controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,7 +335,8 @@ mod tests {
             ),
             VmmAction::PatchDrive(DriveUpdate {
                 drive_id: "data".into(),
-                path_on_host: Some("/new".into())
+                path_on_host: Some("/new".into()),
+                rate_limiter: None,
             })
         );
         assert!(matches!(
@@ -482,8 +478,8 @@ mod tests {
             (
                 Patch,
                 "/network-interfaces/eth0",
-                r#"{"iface_id": "eth0", "rx_rate_limiter": {}}"#,
-                "unknown field",
+                r#"{"iface_id": "eth0", "rx_rate_limiter": {"bandwidth": {"size": 1}}}"#,
+                "refill_time",
             ),
             (Put, "/logger", "[]", "JSON object"),
         ];

@@ -9,6 +9,7 @@ use crate::event_loop::Subscriber;
 use crate::persist::{VirtioDeviceState, VirtioKindState};
 use crate::vm::Vm;
 use brique_devices::bus::Bus;
+use brique_devices::rate_limiter::{RateLimiter, RateLimiterConfig};
 use brique_devices::virtio::block::{Block, CacheMode, Disk};
 use brique_devices::virtio::mmio::{
     MmioTransport, MmioTransportState, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
@@ -286,7 +287,8 @@ impl<'a> VirtioAttacher<'a> {
     /// it, and puts `root=` on the command line.
     pub fn attach_drives(&mut self, drives: &[DriveConfig]) -> Result<(), VirtioSetupError> {
         for drive in boot_order(drives) {
-            let block = Block::new(open_disk(drive)?)
+            let limiter = rate_limiter(&drive.drive_id, drive.rate_limiter)?;
+            let block = Block::with_rate_limiter(open_disk(drive)?, limiter)
                 .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
             self.attach(&drive.drive_id, block, None, VirtioModel::Block)?;
             if drive.is_root_device {
@@ -320,7 +322,9 @@ impl<'a> VirtioAttacher<'a> {
                     id: iface.iface_id.clone(),
                     detail: err.to_string(),
                 })?;
-            let net = Net::new(Box::new(open_tap(iface)?), mac)
+            let rx = rate_limiter(&iface.iface_id, iface.rx_rate_limiter)?;
+            let tx = rate_limiter(&iface.iface_id, iface.tx_rate_limiter)?;
+            let net = Net::with_rate_limiters(Box::new(open_tap(iface)?), mac, rx, tx)
                 .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
             self.attach(&iface.iface_id, net, None, VirtioModel::Net)?;
         }
@@ -328,7 +332,10 @@ impl<'a> VirtioAttacher<'a> {
     }
 
     /// Attaches the entropy device, if configured.
-    pub fn attach_entropy(&mut self, entropy: Option<&EntropyConfig>) -> Result<(), VirtioSetupError> {
+    pub fn attach_entropy(
+        &mut self,
+        entropy: Option<&EntropyConfig>,
+    ) -> Result<(), VirtioSetupError> {
         if entropy.is_some() {
             let device = Entropy::new().map_err(|err| VirtioSetupError::Device(err.to_string()))?;
             self.attach(ENTROPY_ID, device, None, VirtioModel::Entropy)?;
@@ -388,7 +395,12 @@ impl<'a> VirtioAttacher<'a> {
                 VirtioKindState::Entropy(_) => {
                     let device =
                         Entropy::new().map_err(|err| VirtioSetupError::Device(err.to_string()))?;
-                    self.attach(&state.id, device, Some(&state.transport), VirtioModel::Entropy)?;
+                    self.attach(
+                        &state.id,
+                        device,
+                        Some(&state.transport),
+                        VirtioModel::Entropy,
+                    )?;
                 }
             }
         }
@@ -457,6 +469,15 @@ impl<'a> VirtioAttacher<'a> {
         });
         Ok(())
     }
+}
+
+/// The limiter `config` asks for (none: no limit) for device `id`.
+fn rate_limiter(
+    id: &str,
+    config: Option<RateLimiterConfig>,
+) -> Result<RateLimiter, VirtioSetupError> {
+    RateLimiter::new(&config.unwrap_or_default())
+        .map_err(|err| VirtioSetupError::Device(format!("{id}: rate limiter: {err}")))
 }
 
 /// Drives in attach order: the root device first, so it is /dev/vda.

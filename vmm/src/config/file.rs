@@ -105,14 +105,17 @@ mod tests {
             "boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0", "initrd_path": null},
             "drives": [{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true,
                         "partuuid": null, "is_read_only": false, "cache_type": "Unsafe",
-                        "io_engine": "Sync", "socket": null}],
+                        "io_engine": "Sync", "rate_limiter": null, "socket": null}],
             "machine-config": {"vcpu_count": 2, "mem_size_mib": 1024, "smt": false,
                                "track_dirty_pages": false, "huge_pages": "None",
                                "cpu_template": "None"},
             "cpu-config": null,
             "balloon": null,
             "network-interfaces": [{"iface_id": "eth0", "guest_mac": "06:00:AC:10:00:02",
-                                    "host_dev_name": "tap0", "mtu": null}],
+                                    "host_dev_name": "tap0", "mtu": null,
+                                    "rx_rate_limiter": null,
+                                    "tx_rate_limiter": {"bandwidth": {"size": 10485760,
+                                                      "refill_time": 1000}, "ops": null}}],
             "vsock": null,
             "logger": {"log_path": "/tmp/fc.log", "level": "Info", "show_level": true,
                        "show_log_origin": false},
@@ -127,6 +130,8 @@ mod tests {
         assert_eq!(vm.machine_config.vcpu_count, 2);
         assert_eq!(vm.drives[0].drive_id, "rootfs");
         assert_eq!(vm.network_interfaces[0].host_dev_name, "tap0");
+        let tx = vm.network_interfaces[0].tx_rate_limiter.unwrap();
+        assert_eq!(tx.bandwidth.map(|b| b.size), Some(10 << 20));
         assert_eq!(
             file.logger.as_ref().and_then(|l| l.log_path.as_deref()),
             Some(Path::new("/tmp/fc.log"))

@@ -10,6 +10,7 @@ mod file;
 pub use fields::Absent;
 pub use file::ConfigFile;
 
+use brique_devices::rate_limiter::RateLimiterConfig;
 use fields::null_is_default;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -207,7 +208,7 @@ impl MachineConfig {
 }
 
 /// `PATCH /drives/{id}`: a new backing file for a drive (the guest sees the
-/// new size). Rate limiters are not supported yet.
+/// new size) and a change of its rate limiter, at runtime.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriveUpdate {
@@ -216,15 +217,25 @@ pub struct DriveUpdate {
     /// Its new backing file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_on_host: Option<PathBuf>,
+    /// Its rate limiter's change (PATCH meaning: an absent or null bucket
+    /// stays, a bucket of size or refill_time 0 goes, another replaces it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
-/// `PATCH /network-interfaces/{id}`. Firecracker uses it to change rate
-/// limiters, which brique does not have yet: only the id is accepted.
+/// `PATCH /network-interfaces/{id}`: a change of the interface's rate
+/// limiters at runtime (PATCH meaning, as for drives).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkInterfaceUpdate {
     /// The interface to change.
     pub iface_id: String,
+    /// Its receive limiter's change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Its transmit limiter's change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// Block device caching, as Firecracker names it.
@@ -261,6 +272,9 @@ pub struct DriveConfig {
     /// keeping `Sync` here (see [`DriveConfig::effective_io_engine`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<IoEngine>,
+    /// Bytes and requests per refill period (no limit when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
     /// A vhost-user backend's socket: brique has none; only null.
     #[serde(
         default,
@@ -294,6 +308,12 @@ pub struct NetworkInterfaceConfig {
     /// does: the tap's own MTU is the host's to set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
+    /// Bytes and frames the guest may receive per refill period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Bytes and frames the guest may send per refill period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// A whole VM configuration, as in a Firecracker config file.

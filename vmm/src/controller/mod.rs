@@ -19,6 +19,7 @@ use crate::machine::{
 };
 use crate::metrics::{MetricsError, MetricsWriter};
 use crate::persist::{self, SnapshotCreateParams, SnapshotError, SnapshotLoadParams};
+use brique_devices::rate_limiter::{RateLimiterConfig, RateLimiterUpdate};
 
 /// The Firecracker API version whose paths, bodies and status codes brique
 /// follows (for the subset it implements; see resources/openapi.json).
@@ -245,21 +246,7 @@ impl Controller {
                 Ok(())
             }),
             VmmAction::PatchDrive(update) => self.patch_drive(name, update),
-            VmmAction::PatchNetworkInterface(update) => {
-                self.started(name)?;
-                if !self
-                    .config
-                    .network_interfaces
-                    .iter()
-                    .any(|n| n.iface_id == update.iface_id)
-                {
-                    return Err(ControllerError::NotFound {
-                        kind: "network interface",
-                        id: update.iface_id,
-                    });
-                }
-                Ok(VmmData::Empty)
-            }
+            VmmAction::PatchNetworkInterface(update) => self.patch_network_interface(name, update),
             VmmAction::InstanceStart => self.start(),
             VmmAction::SendCtrlAltDel => {
                 self.started(name)?.send_ctrl_alt_del()?;
@@ -414,18 +401,62 @@ impl Controller {
             .machine
             .as_ref()
             .ok_or(ControllerError::NotStarted(action))?;
-        let Some(path) = update.path_on_host else {
-            return Ok(VmmData::Empty);
-        };
         let mut drive = self.config.drives[index].clone();
-        drive.path_on_host = path;
-        machine.replace_drive_file(&drive)?;
+        if let Some(path) = update.path_on_host {
+            drive.path_on_host = path;
+            machine.replace_drive_file(&drive)?;
+            log::info!(
+                "drive {} now backed by {}",
+                drive.drive_id,
+                drive.path_on_host.display()
+            );
+            self.config.drives[index] = drive.clone();
+        }
+        if let Some(body) = update.rate_limiter {
+            let change = RateLimiterUpdate::from(body);
+            machine.update_drive_rate_limiter(&drive.drive_id, &change)?;
+            let limits = drive.rate_limiter.unwrap_or_default().patched(&change);
+            self.config.drives[index].rate_limiter = Some(limits).filter(|l| l.is_limiting());
+            log::info!("drive {}: rate limiter now {limits:?}", drive.drive_id);
+        }
+        Ok(VmmData::Empty)
+    }
+
+    /// `PATCH /network-interfaces/{id}`: changes the rate limiters of a
+    /// running interface.
+    fn patch_network_interface(
+        &mut self,
+        action: &'static str,
+        update: crate::config::NetworkInterfaceUpdate,
+    ) -> Result<VmmData, ControllerError> {
+        let Some(index) = self
+            .config
+            .network_interfaces
+            .iter()
+            .position(|n| n.iface_id == update.iface_id)
+        else {
+            return Err(ControllerError::NotFound {
+                kind: "network interface",
+                id: update.iface_id,
+            });
+        };
+        let machine = self
+            .machine
+            .as_ref()
+            .ok_or(ControllerError::NotStarted(action))?;
+        let rx = RateLimiterUpdate::from_patch(update.rx_rate_limiter);
+        let tx = RateLimiterUpdate::from_patch(update.tx_rate_limiter);
+        machine.update_net_rate_limiters(&update.iface_id, &rx, &tx)?;
+        let iface = &mut self.config.network_interfaces[index];
+        let patched = |old: Option<RateLimiterConfig>, change| {
+            Some(old.unwrap_or_default().patched(change)).filter(RateLimiterConfig::is_limiting)
+        };
+        iface.rx_rate_limiter = patched(iface.rx_rate_limiter, &rx);
+        iface.tx_rate_limiter = patched(iface.tx_rate_limiter, &tx);
         log::info!(
-            "drive {} now backed by {}",
-            drive.drive_id,
-            drive.path_on_host.display()
+            "network interface {}: rate limiters changed",
+            update.iface_id
         );
-        self.config.drives[index] = drive;
         Ok(VmmData::Empty)
     }
 

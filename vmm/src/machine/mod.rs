@@ -17,6 +17,7 @@ use crate::vcpu::{self, IoBuses, Vcpu, VcpuControl, VcpuRequest, VcpuStop};
 use crate::virtio_devices::{open_disk, AttachedDevices, VirtioSetupError};
 use crate::vm::{Vm, VmError};
 use brique_devices::console_sink::ConsoleSink;
+use brique_devices::rate_limiter::RateLimiterUpdate;
 use brique_devices::serial::{GuestPanicReport, SerialConsole};
 use brique_devices::GuestMemoryMmap;
 use build::Parts;
@@ -463,6 +464,47 @@ impl Machine {
             .map_err(|err| MachineError::ReplaceDrive {
                 id: drive.drive_id.clone(),
                 detail: err.to_string(),
+            })
+    }
+
+    /// Changes a drive's rate limiter at runtime (a PATCH).
+    pub fn update_drive_rate_limiter(
+        &self,
+        id: &str,
+        update: &RateLimiterUpdate,
+    ) -> Result<(), MachineError> {
+        let block = self
+            .devices
+            .drives()
+            .find(|(drive, _)| *drive == id)
+            .map(|(_, block)| block)
+            .ok_or_else(|| MachineError::NoSuchDrive(id.to_owned()))?;
+        block
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .update_rate_limiter(update)
+            .map_err(|err| MachineError::Device(format!("drive {id}: rate limiter: {err}")))
+    }
+
+    /// Changes an interface's rate limiters at runtime (a PATCH): both
+    /// directions or neither.
+    pub fn update_net_rate_limiters(
+        &self,
+        id: &str,
+        rx: &RateLimiterUpdate,
+        tx: &RateLimiterUpdate,
+    ) -> Result<(), MachineError> {
+        let net = self
+            .devices
+            .nets()
+            .find(|(iface, _)| *iface == id)
+            .map(|(_, net)| net)
+            .ok_or_else(|| MachineError::Device(format!("no network interface {id}")))?;
+        net.lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .update_rate_limiters(rx, tx)
+            .map_err(|err| {
+                MachineError::Device(format!("network interface {id}: rate limiter: {err}"))
             })
     }
 

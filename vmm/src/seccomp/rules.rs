@@ -126,6 +126,8 @@ const VCPU: &[Syscall] = &[
 
 /// The device event loop: block and net I/O, console input, interrupts.
 const DEVICES: &[Syscall] = &[
+    // Rate limiters re-arm their refill timers (brique_devices::rate_limiter).
+    syscall!(SYS_timerfd_settime),
     syscall!(SYS_epoll_ctl),
     syscall!(SYS_epoll_pwait),
     syscall!(SYS_fallocate),

@@ -33,7 +33,11 @@ fn run(chains: &[&[RawDescriptor]]) -> (Vec<u32>, Entropy, GuestMemoryMmap) {
     let interrupt = Interrupt::new(crate::EventFdTrigger::new(irq.try_clone().unwrap()));
     let notify = EventFd::new(EFD_NONBLOCK).unwrap();
     device
-        .activate(mem.clone(), vec![ActiveQueue { queue, notify }], interrupt.clone())
+        .activate(
+            mem.clone(),
+            vec![ActiveQueue { queue, notify }],
+            interrupt.clone(),
+        )
         .unwrap();
     device.process_queue();
     let used = mock.used().idx().load();
@@ -46,7 +50,10 @@ fn run(chains: &[&[RawDescriptor]]) -> (Vec<u32>, Entropy, GuestMemoryMmap) {
 
 #[test]
 fn writable_buffers_are_filled_with_random_bytes() {
-    let chain = [desc(0x1000, 512, WRITE | NEXT, 1), desc(0x3000, 256, WRITE, 0)];
+    let chain = [
+        desc(0x1000, 512, WRITE | NEXT, 1),
+        desc(0x3000, 256, WRITE, 0),
+    ];
     let (lens, device, mem) = run(&[&chain]);
     assert_eq!(lens, vec![768]);
     let mut first = [0u8; 512];
