@@ -8,6 +8,7 @@ pub mod fuzzing;
 pub mod mmio;
 pub mod net;
 pub mod state;
+pub mod vsock;
 
 use crate::EventFdTrigger;
 use crate::GuestMemoryMmap;
