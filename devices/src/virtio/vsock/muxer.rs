@@ -103,6 +103,10 @@ pub struct Muxer {
     last_local_port: u32,
     limits: Limits,
     active: bool,
+    /// The listener is left unpolled after accept failed (out of file
+    /// descriptors): still readable, it would spin the event loop. It is
+    /// polled again when a connection goes.
+    listener_paused: bool,
 }
 
 impl Muxer {
@@ -125,6 +129,7 @@ impl Muxer {
             last_local_port: LOCAL_PORT_FIRST - 1,
             limits,
             active: false,
+            listener_paused: false,
         })
     }
 
@@ -167,6 +172,7 @@ impl Muxer {
         }
         self.timer_deadline = None;
         self.active = false;
+        self.listener_paused = false;
     }
 
     /// Whether there is a packet for the guest.
@@ -322,7 +328,9 @@ impl Muxer {
                 Ok(stream) => stream,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) => {
-                    log::warn!("virtio-vsock: accept failed: {err}");
+                    log::warn!("virtio-vsock: accept failed, pausing the listener: {err}");
+                    self.unwatch(self.listener.as_raw_fd());
+                    self.listener_paused = true;
                     return;
                 }
             };
@@ -354,6 +362,7 @@ impl Muxer {
         let Some((stream, _)) = self.handshakes.remove(&fd) else {
             return;
         };
+        self.resume_listener();
         match result {
             Ok(Some(peer_port)) => {
                 let local_port = self.allocate_local_port();
@@ -419,6 +428,19 @@ impl Muxer {
             self.unwatch(conn.stream().as_raw_fd());
         }
         self.rx_queued.remove(&key);
+        self.resume_listener();
+    }
+
+    /// Polls the listener again after a pause, now that a descriptor is free.
+    fn resume_listener(&mut self) {
+        if !self.listener_paused || !self.active {
+            return;
+        }
+        let fd = self.listener.as_raw_fd();
+        match self.set_interest(fd, Watched::Listener, EventSet::IN) {
+            Ok(()) => self.listener_paused = false,
+            Err(err) => log::warn!("virtio-vsock: cannot poll the listener again: {err}"),
+        }
     }
 
     fn set_interest(&mut self, fd: RawFd, what: Watched, events: EventSet) -> io::Result<()> {

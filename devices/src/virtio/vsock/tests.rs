@@ -783,3 +783,39 @@ fn many_concurrent_connections_keep_their_bytes_apart() {
         assert_eq!(read_exactly(client, 300), answer);
     }
 }
+
+/// Through the event loop, as the vmm runs it: the activation makes the
+/// device watch its backend, and a host connect reaches the guest without
+/// any direct call.
+#[test]
+fn the_event_loop_serves_the_backend_after_activation() {
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use std::sync::Mutex;
+    let (dir, uds) = socket_dir("event-loop");
+    let config = VsockConfig {
+        guest_cid: GUEST_CID,
+        uds_path: uds.clone(),
+    };
+    let vsock = Arc::new(Mutex::new(Vsock::new(&config).unwrap()));
+    let mut event_loop = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+    event_loop.add_subscriber(vsock.clone());
+    let mem = memory();
+    let mut driver = Driver::new(&mem);
+    driver.add_rx_buffers(8, 4096);
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    let interrupt = Interrupt::new(crate::EventFdTrigger::new(irq));
+    vsock
+        .lock()
+        .unwrap()
+        .activate(mem.clone(), driver.queues(), interrupt)
+        .unwrap();
+    assert!(event_loop.run_with_timeout(100).unwrap() >= 1, "activation");
+    let mut client = UnixStream::connect(&uds).unwrap();
+    client.write_all(b"CONNECT 9\n").unwrap();
+    for _ in 0..10 {
+        event_loop.run_with_timeout(20).unwrap();
+    }
+    assert_eq!(ops(&driver.received()), vec![Some(Op::Request)]);
+    drop(event_loop);
+    let _ = std::fs::remove_dir_all(dir);
+}
