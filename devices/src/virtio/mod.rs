@@ -9,6 +9,7 @@ pub mod mmio;
 pub mod net;
 pub mod rng;
 pub mod state;
+pub mod vsock;
 
 use crate::EventFdTrigger;
 use crate::GuestMemoryMmap;
