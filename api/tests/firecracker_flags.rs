@@ -156,3 +156,51 @@ fn a_config_file_with_every_firecracker_section_boots_with_its_logger_and_metric
     assert!(log_text.contains("microVM started"), "{log_text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_drive_s_rate_limiter_is_set_with_put_changed_with_patch_and_shown_by_vm_config() {
+    if !kvm_available() {
+        return;
+    }
+    let mut brique = Brique::start("rate-limiter-patch", &[]);
+    brique.configure_tiny_guest();
+    let disk = brique.path("disk.img");
+    brique.ok(
+        "PUT",
+        "/drives/data",
+        &format!(
+            r#"{{"drive_id": "data", "path_on_host": "{disk}", "is_root_device": false,
+                "rate_limiter": {{"bandwidth": {{"size": 10485760, "refill_time": 1000}}}}}}"#
+        ),
+    );
+    brique.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    let limits = |brique: &mut Brique| {
+        let config: serde_json::Value =
+            serde_json::from_str(&brique.call("GET", "/vm/config", "").body).unwrap();
+        config["drives"][0]["rate_limiter"].clone()
+    };
+    assert_eq!(limits(&mut brique)["bandwidth"]["size"], 10485760);
+    // An ops bucket is added; the absent bandwidth bucket stays.
+    brique.ok(
+        "PATCH",
+        "/drives/data",
+        r#"{"drive_id": "data", "rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}}"#,
+    );
+    let after = limits(&mut brique);
+    assert_eq!(after["bandwidth"]["size"], 10485760, "{after}");
+    assert_eq!(after["ops"]["size"], 100, "{after}");
+    // Size 0 removes a bucket; with none left, no limiter is shown.
+    brique.ok(
+        "PATCH",
+        "/drives/data",
+        r#"{"drive_id": "data", "rate_limiter": {"bandwidth": {"size": 0, "refill_time": 0},
+            "ops": {"size": 0, "refill_time": 1000}}}"#,
+    );
+    assert!(limits(&mut brique).is_null());
+    brique.refused(
+        "PATCH",
+        "/drives/data",
+        r#"{"drive_id": "data", "rate_limiter": {"ops": {"size": 1}}}"#,
+        "refill_time",
+    );
+}

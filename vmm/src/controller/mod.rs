@@ -415,8 +415,8 @@ impl Controller {
         if let Some(body) = update.rate_limiter {
             let change = RateLimiterUpdate::from(body);
             machine.update_drive_rate_limiter(&drive.drive_id, &change)?;
-            let limits = drive.rate_limiter.unwrap_or_default().patched(&change);
-            self.config.drives[index].rate_limiter = Some(limits).filter(|l| l.is_limiting());
+            let limits = limits_after(drive.rate_limiter, &change);
+            self.config.drives[index].rate_limiter = limits;
             log::info!("drive {}: rate limiter now {limits:?}", drive.drive_id);
         }
         Ok(VmmData::Empty)
@@ -448,11 +448,8 @@ impl Controller {
         let tx = RateLimiterUpdate::from_patch(update.tx_rate_limiter);
         machine.update_net_rate_limiters(&update.iface_id, &rx, &tx)?;
         let iface = &mut self.config.network_interfaces[index];
-        let patched = |old: Option<RateLimiterConfig>, change| {
-            Some(old.unwrap_or_default().patched(change)).filter(RateLimiterConfig::is_limiting)
-        };
-        iface.rx_rate_limiter = patched(iface.rx_rate_limiter, &rx);
-        iface.tx_rate_limiter = patched(iface.tx_rate_limiter, &tx);
+        iface.rx_rate_limiter = limits_after(iface.rx_rate_limiter, &rx);
+        iface.tx_rate_limiter = limits_after(iface.tx_rate_limiter, &tx);
         log::info!(
             "network interface {}: rate limiters changed",
             update.iface_id
@@ -473,4 +470,14 @@ impl Controller {
         writer.write(&devices)?;
         Ok(())
     }
+}
+
+/// The limits a device keeps after `change` (a PATCH) of `old`, as the
+/// configuration stores them (for `GET /vm/config` and snapshots): none
+/// when nothing limits any more.
+fn limits_after(
+    old: Option<RateLimiterConfig>,
+    change: &RateLimiterUpdate,
+) -> Option<RateLimiterConfig> {
+    Some(old.unwrap_or_default().patched(change)).filter(RateLimiterConfig::is_limiting)
 }

@@ -19,6 +19,7 @@ use crate::vm::{Vm, VmError};
 use brique_devices::console_sink::ConsoleSink;
 use brique_devices::rate_limiter::RateLimiterUpdate;
 use brique_devices::serial::{GuestPanicReport, SerialConsole};
+use brique_devices::virtio::block::Block;
 use brique_devices::GuestMemoryMmap;
 use build::Parts;
 use std::fs::File;
@@ -450,12 +451,7 @@ impl Machine {
     /// the drive's modes); the guest is told of the new size. On error the
     /// drive keeps its old file.
     pub fn replace_drive_file(&self, drive: &DriveConfig) -> Result<(), MachineError> {
-        let block = self
-            .devices
-            .drives()
-            .find(|(id, _)| *id == drive.drive_id)
-            .map(|(_, block)| block)
-            .ok_or_else(|| MachineError::NoSuchDrive(drive.drive_id.clone()))?;
+        let block = self.drive(&drive.drive_id)?;
         let disk = open_disk(drive)?;
         block
             .lock()
@@ -467,19 +463,22 @@ impl Machine {
             })
     }
 
+    /// The block device of drive `id`.
+    fn drive(&self, id: &str) -> Result<&Arc<Mutex<Block>>, MachineError> {
+        self.devices
+            .drives()
+            .find(|(drive, _)| *drive == id)
+            .map(|(_, block)| block)
+            .ok_or_else(|| MachineError::NoSuchDrive(id.to_owned()))
+    }
+
     /// Changes a drive's rate limiter at runtime (a PATCH).
     pub fn update_drive_rate_limiter(
         &self,
         id: &str,
         update: &RateLimiterUpdate,
     ) -> Result<(), MachineError> {
-        let block = self
-            .devices
-            .drives()
-            .find(|(drive, _)| *drive == id)
-            .map(|(_, block)| block)
-            .ok_or_else(|| MachineError::NoSuchDrive(id.to_owned()))?;
-        block
+        self.drive(id)?
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .update_rate_limiter(update)
