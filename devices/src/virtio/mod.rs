@@ -146,6 +146,42 @@ pub struct ActiveQueue {
     pub notify: EventFd,
 }
 
+/// The queue of a one-queue device (block, entropy) once the driver
+/// activated it, with the guest memory it lives in and the interrupt that
+/// tells the driver about used buffers.
+#[derive(Debug)]
+pub struct SingleQueue {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// The queue, configured by the driver.
+    pub queue: Queue,
+    /// The device's interrupt.
+    pub interrupt: Arc<Interrupt>,
+}
+
+impl SingleQueue {
+    /// From `activate`: takes the driver's one queue (keeping its notifier
+    /// in `events`).
+    pub fn adopt(
+        events: &mut VirtioEvents,
+        mem: GuestMemoryMmap,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<Self, ActivateError> {
+        let [queue] = events.adopt(queues)?;
+        Ok(Self {
+            mem,
+            queue,
+            interrupt,
+        })
+    }
+
+    /// The queue, for a snapshot.
+    pub fn saved(&self) -> Vec<state::SavedQueue> {
+        vec![state::SavedQueue::of(&self.queue)]
+    }
+}
+
 /// Errors activating a device.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {

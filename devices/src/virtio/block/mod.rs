@@ -9,8 +9,8 @@ pub use disk::{CacheMode, Disk};
 use request::RequestType;
 
 use super::{
-    pop_or_rearm, read_config_bytes, ActivateError, ActiveQueue, Interrupt, VirtioDevice,
-    VirtioEvent, VirtioEvents,
+    pop_or_rearm, read_config_bytes, ActivateError, ActiveQueue, Interrupt, SingleQueue,
+    VirtioDevice, VirtioEvent, VirtioEvents,
 };
 use crate::rate_limiter::{
     LimiterError, RateLimiter, RateLimiterConfig, RateLimiterState, RateLimiterUpdate,
@@ -23,7 +23,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::Bytes;
 use vmm_sys_util::epoll::EventSet;
 
@@ -60,12 +60,6 @@ pub struct BlockCounters {
     pub rate_limiter_resumed: u64,
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<Interrupt>,
-}
-
 /// What a block device keeps across a snapshot besides its transport and
 /// queues (the backing file is reopened by path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -95,7 +89,7 @@ pub struct Block {
     disk: Disk,
     acked_features: u64,
     config: [u8; CONFIG_LEN],
-    active: Option<Active>,
+    active: Option<SingleQueue>,
     events: VirtioEvents,
     counters: BlockCounters,
     config_generation: u32,
@@ -322,12 +316,12 @@ impl VirtioDevice for Block {
         queues: Vec<ActiveQueue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let [queue] = self.events.adopt(queues)?;
-        self.active = Some(Active {
+        self.active = Some(SingleQueue::adopt(
+            &mut self.events,
             mem,
-            queue,
+            queues,
             interrupt,
-        });
+        )?);
         self.events.signal_activation()
     }
 
@@ -337,8 +331,7 @@ impl VirtioDevice for Block {
     }
 
     fn active_queues(&self) -> Option<Vec<super::state::SavedQueue>> {
-        let active = self.active.as_ref()?;
-        Some(vec![super::state::SavedQueue::of(&active.queue)])
+        self.active.as_ref().map(SingleQueue::saved)
     }
 }
 

@@ -3,13 +3,14 @@
 //! host's `getrandom`.
 
 use super::{
-    pop_or_rearm, ActivateError, ActiveQueue, Interrupt, VirtioDevice, VirtioEvent, VirtioEvents,
+    pop_or_rearm, ActivateError, ActiveQueue, Interrupt, SingleQueue, VirtioDevice, VirtioEvent,
+    VirtioEvents,
 };
 use crate::GuestMemoryMmap;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::sync::Arc;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::Bytes;
 
 /// Descriptors in the queue.
@@ -37,16 +38,10 @@ pub struct EntropyCounters {
 #[serde(deny_unknown_fields)]
 pub struct EntropyState {}
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<Interrupt>,
-}
-
 /// A virtio-rng device.
 pub struct Entropy {
     acked_features: u64,
-    active: Option<Active>,
+    active: Option<SingleQueue>,
     events: VirtioEvents,
     counters: EntropyCounters,
 }
@@ -184,12 +179,12 @@ impl VirtioDevice for Entropy {
         queues: Vec<ActiveQueue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let [queue] = self.events.adopt(queues)?;
-        self.active = Some(Active {
+        self.active = Some(SingleQueue::adopt(
+            &mut self.events,
             mem,
-            queue,
+            queues,
             interrupt,
-        });
+        )?);
         self.events.signal_activation()
     }
 
@@ -199,8 +194,7 @@ impl VirtioDevice for Entropy {
     }
 
     fn active_queues(&self) -> Option<Vec<super::state::SavedQueue>> {
-        let active = self.active.as_ref()?;
-        Some(vec![super::state::SavedQueue::of(&active.queue)])
+        self.active.as_ref().map(SingleQueue::saved)
     }
 }
 
