@@ -37,14 +37,7 @@ fn record_startup_time(args: &Args) {
 
 /// A clock's value in microseconds.
 fn clock_us(clock: libc::clockid_t) -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime fills the struct we pass.
-    unsafe { libc::clock_gettime(clock, &mut now) };
-    u64::try_from(now.tv_sec).unwrap_or_default() * 1_000_000
-        + u64::try_from(now.tv_nsec).unwrap_or_default() / 1_000
+    u64::try_from(brique_devices::clock::now(clock).as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The seccomp filters the command line asks for.

@@ -66,16 +66,7 @@ impl BusDevice for BootTimer {
 
 /// CPU time this process has used.
 fn process_cpu_time() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the struct it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
-    Duration::new(
-        u64::try_from(now.tv_sec).unwrap_or_default(),
-        u32::try_from(now.tv_nsec).unwrap_or_default(),
-    )
+    crate::clock::now(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
 #[cfg(test)]

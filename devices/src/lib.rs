@@ -7,6 +7,7 @@
 
 pub mod boot_timer;
 pub mod bus;
+pub mod clock;
 pub mod console_sink;
 pub mod i8042;
 pub mod rate_limiter;
