@@ -246,6 +246,16 @@ fn read_exactly(stream: &mut UnixStream, len: usize) -> Vec<u8> {
     buf
 }
 
+/// Asserts that the device closed `stream`: it reads end of file (within
+/// 5 s) with no bytes before it.
+fn assert_closed(stream: &mut UnixStream, what: &str) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0, "{what}");
+}
+
 /// A host process connected through the device's socket to guest port
 /// `guest_port`, accepted by the guest: returns the client and its host port.
 fn host_connection(f: &mut Fixture, driver: &mut Driver, guest_port: u32) -> (UnixStream, u32) {
@@ -322,11 +332,7 @@ fn a_host_connect_the_guest_refuses_closes_the_host_socket() {
         guest_packet(Op::Rst, 99, request.src_port),
         &[],
     );
-    let mut rest = Vec::new();
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    assert_eq!(client.read_to_end(&mut rest).unwrap(), 0, "closed, no OK");
+    assert_closed(&mut client, "closed, no OK");
     assert_eq!(f.vsock.connection_count(), 0);
 }
 
@@ -341,11 +347,7 @@ fn a_malformed_connect_line_closes_the_host_socket() {
     client.write_all(b"HELLO 5\n").unwrap();
     f.pump();
     assert!(driver.received().is_empty(), "nothing reaches the guest");
-    let mut rest = Vec::new();
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    assert_eq!(client.read_to_end(&mut rest).unwrap(), 0);
+    assert_closed(&mut client, "closed");
 }
 
 #[test]
@@ -366,11 +368,7 @@ fn an_unanswered_host_connect_times_out_with_an_rst() {
     let packets = driver.received();
     assert_eq!(ops(&packets), vec![Some(Op::Rst)]);
     assert_eq!(packets[0].0.dst_port, 7);
-    let mut rest = Vec::new();
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    assert_eq!(client.read_to_end(&mut rest).unwrap(), 0);
+    assert_closed(&mut client, "closed");
 }
 
 #[test]
@@ -404,9 +402,7 @@ fn a_guest_connection_goes_to_the_port_socket_and_closes_cleanly() {
     shutdown.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
     f.send(&mut driver, shutdown, &[]);
     assert_eq!(ops(&driver.received()), vec![Some(Op::Rst)]);
-    let mut rest = Vec::new();
-    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    assert_eq!(host.read_to_end(&mut rest).unwrap(), 0, "host sees EOF");
+    assert_closed(&mut host, "host sees EOF");
     assert_eq!(f.vsock.connection_count(), 0);
 }
 
@@ -743,11 +739,7 @@ fn a_driver_reset_drops_every_connection() {
     // The event loop carries the reset out.
     f.vsock.process_backend();
     assert_eq!(f.vsock.connection_count(), 0);
-    let mut rest = Vec::new();
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    assert_eq!(client.read_to_end(&mut rest).unwrap(), 0);
+    assert_closed(&mut client, "closed");
 }
 
 #[test]
