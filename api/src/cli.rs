@@ -195,8 +195,8 @@ impl Args {
         )
     }
 
-    /// The logger settings the flags give, if any flag gave one besides
-    /// the level (which is always applied).
+    /// The logger settings the flags give: the level always, the other
+    /// fields only where a flag set them (the rest keep their defaults).
     pub fn logger_config(&self) -> LoggerConfig {
         LoggerConfig {
             log_path: self.log_path.clone(),
