@@ -107,6 +107,8 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         None => ConfigFile::default(),
     };
     seccomp::configure(seccomp_filters(args)?).map_err(|err| err.to_string())?;
+    // Descriptors the VMM thread needs come before the first client can take any.
+    let stop = stop_signal::install().map_err(|err| format!("signal handlers: {err}"))?;
     let (handle, requests) = RequestReceiver::channel().map_err(|err| err.to_string())?;
     let api_socket = args.api_socket();
     let _socket = match &api_socket {
@@ -135,7 +137,6 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         output: Box::new(std::io::stdout()),
         input: Some(std::io::stdin().as_raw_fd()),
     });
-    let stop = stop_signal::install().map_err(|err| format!("signal handlers: {err}"))?;
     // The VMM thread's filter is in force before the first request or boot.
     seccomp::confine_current_thread(FilterKind::Vmm).map_err(|err| err.to_string())?;
     let mut controller = Controller::new(file.vm_config(), console, args.id.clone())

@@ -3,7 +3,9 @@
 //! never holds up the others. Each complete request is handed to `serve`
 //! and answered in order; partial requests that stall are dropped after
 //! [`REQUEST_TIMEOUT`], and the oldest idle connection makes room when
-//! [`MAX_CONNECTIONS`] are open.
+//! [`max_connections`] are open: at most [`MAX_CONNECTIONS`], and never more
+//! than a quarter of the process's descriptors, so that clients cannot take
+//! the descriptors the VMM needs for its VM, drives and snapshot files.
 
 use super::request::{parse_request, HttpRequest, ParseOutcome, MAX_BODY_BYTES, MAX_HEADER_BYTES};
 use super::response::{Response, CONTINUE};
@@ -16,8 +18,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-/// Most clients connected at once.
+/// Most clients connected at once, whatever the descriptor limit.
 pub const MAX_CONNECTIONS: usize = 128;
+/// Fewest clients connected at once, however low the descriptor limit.
+const MIN_CONNECTIONS: usize = 2;
 /// How long a started request (or an unread response) may stall.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes buffered per connection: one whole request at most.
@@ -76,6 +80,27 @@ pub struct Server<F> {
     accept_retry_at: Option<Instant>,
     /// Largest request body accepted.
     max_body: usize,
+    /// Most clients connected at once.
+    max_connections: usize,
+}
+
+/// How many clients may be connected at once in a process whose soft
+/// `RLIMIT_NOFILE` is `descriptor_limit`: a quarter of it, within
+/// [`MIN_CONNECTIONS`]..=[`MAX_CONNECTIONS`].
+pub fn max_connections(descriptor_limit: u64) -> usize {
+    let quarter = usize::try_from(descriptor_limit / 4).unwrap_or(usize::MAX);
+    quarter.clamp(MIN_CONNECTIONS, MAX_CONNECTIONS)
+}
+
+/// The soft descriptor limit of this process (`None` if unknown).
+fn descriptor_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `limit`, which lives for the call.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    (read == 0).then_some(limit.rlim_cur)
 }
 
 impl<F> std::fmt::Debug for Server<F> {
@@ -122,6 +147,7 @@ impl<F: FnMut(HttpRequest) -> Response> Server<F> {
             serve,
             accept_retry_at: None,
             max_body: MAX_BODY_BYTES,
+            max_connections: descriptor_limit().map_or(MAX_CONNECTIONS, max_connections),
         })
     }
 
@@ -184,7 +210,7 @@ impl<F: FnMut(HttpRequest) -> Response> Server<F> {
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
-                    if self.connections.len() >= MAX_CONNECTIONS {
+                    if self.connections.len() >= self.max_connections {
                         self.evict_one();
                     }
                     let fd = stream.as_raw_fd();
@@ -429,4 +455,19 @@ fn flush(conn: &mut Connection) -> Result<bool, ()> {
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_get_a_quarter_of_the_descriptors_within_bounds() {
+        assert_eq!(max_connections(32), 8);
+        assert_eq!(max_connections(1024), 128);
+        assert_eq!(max_connections(1 << 20), MAX_CONNECTIONS);
+        assert_eq!(max_connections(5), MIN_CONNECTIONS);
+        assert_eq!(max_connections(0), MIN_CONNECTIONS);
+        assert_eq!(max_connections(u64::MAX), MAX_CONNECTIONS);
+    }
 }
