@@ -40,6 +40,8 @@ packages=(
     e2fsprogs
     # e2e tests talk to the API socket
     curl
+    # a hung test host's report: QEMU's monitor and QEMU's thread backtraces
+    socat gdb
 )
 if [ "$want_aarch64" = 1 ]; then
     backports_packages+=(qemu-system-arm)

@@ -276,6 +276,38 @@ chmod +x "$stage/init" "$stage/brique/cmd.sh"
 
 (cd "$stage" && find . -print0 | cpio --null -o -H newc --owner=0:0 --quiet) > "$work/initramfs.cpio"
 
+# hang_report QEMU_PID MONITOR: what a hung test host's QEMU is doing: each
+# QEMU thread's state and CPU time twice, 5 s apart (a spinning software CPU
+# or a blocked one), the emulated CPUs' registers from QEMU's monitor (where
+# the test host, or its guest, is stuck), and QEMU's thread backtraces.
+hang_report() {
+    pid="$1" monitor="$2"
+    echo "=== hang report: QEMU pid $pid, $(date -u +%T) ==="
+    for round in 1 2; do
+        echo "--- QEMU threads (round $round: name state utime stime) ---"
+        for task in /proc/"$pid"/task/*; do
+            echo "  $(cat "$task/comm" 2>/dev/null) $(awk '{print $3, $14, $15}' "$task/stat" 2>/dev/null) wchan=$(cat "$task/wchan" 2>/dev/null)"
+        done
+        [ "$round" = 1 ] && sleep 5
+    done
+    if command -v socat > /dev/null; then
+        echo "--- QEMU monitor ---"
+        printf 'info status\ninfo cpus\ninfo registers -a\n' \
+            | timeout 10 socat -t 5 - "UNIX-CONNECT:$monitor" 2>&1 \
+            | tr -d '\r' | grep -v -E '^(\(qemu\)|QEMU .* monitor|FPR|YMM|XMM|FCW|DR[0-7])' \
+            | head -n 120
+    else
+        echo "(no socat: QEMU's monitor not read; resources/install-deps.sh installs it)"
+    fi
+    if command -v gdb > /dev/null; then
+        echo "--- QEMU backtraces ---"
+        timeout 60 gdb -q -batch -p "$pid" -ex 'thread apply all bt 12' 2>&1 \
+            | grep -E '^(Thread|#)' | head -n 80
+    else
+        echo "(no gdb: QEMU's backtraces not taken; resources/install-deps.sh installs it)"
+    fi
+}
+
 log="${keep_log:-$work/console.log}"
 # A CPU stuck in the test host's kernel for 120 s (a soft lockup, e.g. in
 # KVM; watchdog_thresh=60 is the largest) panics the test host instead of
@@ -292,10 +324,17 @@ accel="${BRIQUE_TESTHOST_ACCEL:-$accel}"
 # Once CMD has reported its status, the test host has 60 s to power off; a
 # test host that hangs on the way down must not turn a finished run into a
 # timeout. The watchdog then stops QEMU, loudly, and the reported status stands.
+# A run still going after --timeout is a hang: before stopping QEMU, the
+# watchdog writes what QEMU was doing to $log.hang (see hang_report), so that
+# a hang's cause can be told from the report of the run that had it.
 : > "$log"
+monitor="$work/monitor.sock"
+hang_report="$log.hang"
+rm -f "$hang_report"
 (
-    grace=60
+    grace=60 elapsed=0
     while sleep 1; do
+        elapsed=$((elapsed + 1))
         if grep -q '^BRIQUE_TESTHOST_EXIT=' "$log" 2>/dev/null; then
             grace=$((grace - 1))
             [ "$grace" -gt 0 ] && continue
@@ -304,21 +343,31 @@ accel="${BRIQUE_TESTHOST_ACCEL:-$accel}"
             fi
             exit 0
         fi
+        if [ "$elapsed" -ge "$timeout_secs" ]; then
+            # The newest match is QEMU itself (timeout, its parent, also matches).
+            qemu_pid="$(pgrep -n -f -- "-initrd $work/initramfs.cpio")"
+            [ -n "$qemu_pid" ] && hang_report "$qemu_pid" "$monitor" > "$hang_report" 2>&1
+            : > "$work/timed-out"
+            pkill -TERM -f -- "-initrd $work/initramfs.cpio"
+            exit 0
+        fi
     done
 ) &
 watchdog=$!
 set +e
-timeout --foreground -k 10 "$timeout_secs" \
+timeout --foreground -k 10 "$((timeout_secs + 120))" \
     "${testhost_qemu[@]}" "${machine[@]}" -accel "$accel" -cpu "$cpu" -m "$mem" -smp "$smp" \
     -kernel "$testhost_kernel" -initrd "$work/initramfs.cpio" \
     -append "console=$console panic=-1 quiet loglevel=3 $diagnostics" \
     -nodefaults -no-user-config -display none -no-reboot \
+    -monitor "unix:$monitor,server=on,wait=off" \
     -chardev stdio,id=console,signal=off -serial chardev:console \
     < /dev/null | tee "$log"
 qemu_status=${PIPESTATUS[0]}
 kill "$watchdog" 2>/dev/null
 wait "$watchdog" 2>/dev/null
 set -e
+[ -e "$work/timed-out" ] && qemu_status=124
 
 if [ "$qemu_status" = 124 ]; then
     echo "testhost.sh: the test host did not finish within ${timeout_secs}s" >&2

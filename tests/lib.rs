@@ -190,12 +190,17 @@ pub fn run_in_test_host_on(arch: HostArch, script: &str, files: &[(&str, &[u8])]
         let status = output.status.code().unwrap_or(-1);
         if status == 124 && attempt == 1 {
             let tail: Vec<&str> = console.lines().rev().take(15).collect();
+            let hang_report = hang_report_path(&console_log);
+            let report = std::fs::read_to_string(&hang_report).unwrap_or_else(|err| {
+                format!("(no hang report in {}: {err})", hang_report.display())
+            });
             let warning = format!(
                 "*** WARNING: the test host hung (timeout after {HOST_TIMEOUT_SECS} s) in {}; \
-                 retrying once. Console kept in {}; last lines:\n{}\n",
+                 retrying once. Console kept in {}; last lines:\n{}\n{}\n",
                 std::thread::current().name().unwrap_or("a test"),
                 console_log.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                report.trim_end()
             );
             eprintln!("\n{warning}");
             record_retry(&root, &warning);
@@ -218,6 +223,13 @@ pub fn run_in_test_host_on(arch: HostArch, script: &str, files: &[(&str, &[u8])]
         console,
         console_log,
     }
+}
+
+/// Where resources/testhost.sh writes what a hung test host's QEMU was doing.
+fn hang_report_path(console_log: &Path) -> PathBuf {
+    let mut path = console_log.as_os_str().to_owned();
+    path.push(".hang");
+    PathBuf::from(path)
 }
 
 /// Where the console of this test's test host run (`attempt`) is kept:
