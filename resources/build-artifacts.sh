@@ -79,6 +79,11 @@ functions_text() {
     for name in "$@"; do sed -n "/^$name()/,/^}/p" "$0"; done
 }
 
+# What the guest tools are made of, for the userland images' cache keys.
+guest_tools_text() {
+    cat "$here/build-guest-tools.sh" "$here"/guest-tools/*.c
+}
+
 # Downloads a Debian package into $2 and unpacks it there; echoes nothing.
 fetch_deb() {
     local pkg="$1" dest="$2" tmp
@@ -186,21 +191,23 @@ if [ "$want_x86" = 1 ]; then build_into "$guest_kernel_dir" build_guest_kernel; 
 if [ "$want_x86" = 1 ]; then
     busybox_version="$(dpkg-query -W -f='${Version}' busybox-static)"
     userland_key="$(cache_key build_userland "$busybox_version" "$(cat "$here/guest-init/init")" \
-        "$(functions_text populate_userland make_userland_images)")"
+        "$(functions_text populate_userland make_userland_images)" "$(guest_tools_text)")"
     userland_dir="$cache/guest-userland-$userland_key"
 fi
 
-# Fills folder $1 with a busybox userland whose init is guest-init/init, from
-# the busybox binary $2; the other arguments are the command that runs that
+# Fills folder $1 with a busybox userland whose init is guest-init/init, and
+# the guest tools (resources/guest-tools, built for architecture $2), from
+# the busybox binary $3; the other arguments are the command that runs that
 # binary (none for the host's own architecture; qemu-aarch64-static for arm64).
 populate_userland() {
-    local root="$1" busybox="$2"; shift 2
+    local root="$1" arch="$2" busybox="$3"; shift 3
     mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,root,mnt}
     cp "$busybox" "$root/bin/busybox"
     local applet
     for applet in $("$@" "$busybox" --list); do
         [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
     done
+    "$here/build-guest-tools.sh" --out "$root/bin" "$arch" >&2
     cp "$here/guest-init/init" "$root/init"
     ln -sf ../init "$root/sbin/init"
     echo "brique-guest" > "$root/etc/hostname"
@@ -221,7 +228,7 @@ make_userland_images() {
 
 build_userland() {
     log "building guest initramfs and rootfs"
-    make_userland_images "$1" /bin/busybox
+    make_userland_images "$1" x86_64 /bin/busybox
 }
 if [ "$want_x86" = 1 ]; then build_into "$userland_dir" build_userland; fi
 
@@ -318,7 +325,8 @@ build_into "$aarch64_kernel_dir" build_guest_kernel_aarch64
 
 # ---------------------------------------------- arm64 guest userland images
 aarch64_userland_key="$(cache_key build_userland_aarch64 "$busybox_aarch64_version" \
-    "$(cat "$here/guest-init/init")" "$(functions_text populate_userland make_userland_images)")"
+    "$(cat "$here/guest-init/init")" "$(functions_text populate_userland make_userland_images)" \
+    "$(guest_tools_text)")"
 aarch64_userland_dir="$cache/guest-userland-aarch64-$aarch64_userland_key"
 
 build_userland_aarch64() {
@@ -326,7 +334,7 @@ build_userland_aarch64() {
     tmp="$(mktemp -d)"
     log "building arm64 guest initramfs and rootfs (busybox-static:arm64 $busybox_aarch64_version)"
     fetch_deb busybox-static:arm64 "$tmp"
-    make_userland_images "$out" "$tmp/bin/busybox" qemu-aarch64-static
+    make_userland_images "$out" aarch64 "$tmp/bin/busybox" qemu-aarch64-static
     rm -rf "$tmp"
 }
 build_into "$aarch64_userland_dir" build_userland_aarch64

@@ -23,6 +23,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/drives/{id}", &["PUT", "PATCH"]),
     ("/network-interfaces/{id}", &["PUT", "PATCH"]),
     ("/entropy", &["PUT"]),
+    ("/vsock", &["PUT"]),
     ("/actions", &["PUT"]),
     ("/vm", &["PATCH"]),
     ("/vm/config", &["GET"]),
@@ -34,7 +35,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
 
 /// Firecracker endpoints brique does not implement (yet): answered 404
 /// with a message that says so.
-const NOT_IMPLEMENTED: &[&str] = &["balloon", "cpu-config", "hotplug", "mmds", "vsock"];
+const NOT_IMPLEMENTED: &[&str] = &["balloon", "cpu-config", "hotplug", "mmds"];
 
 /// A request that never reaches the controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +102,7 @@ pub fn parse(request: &HttpRequest) -> Result<VmmAction, RouteError> {
         ["drives", id] if !id.is_empty() => "/drives/{id}",
         ["network-interfaces", id] if !id.is_empty() => "/network-interfaces/{id}",
         ["entropy"] => "/entropy",
+        ["vsock"] => "/vsock",
         ["actions"] => "/actions",
         ["vm"] => "/vm",
         ["vm", "config"] => "/vm/config",
@@ -167,6 +169,7 @@ pub fn parse(request: &HttpRequest) -> Result<VmmAction, RouteError> {
             VmmAction::PatchNetworkInterface(update)
         }
         ("/entropy", Method::Put) => VmmAction::PutEntropy(body(request)?),
+        ("/vsock", Method::Put) => VmmAction::PutVsock(body(request)?),
         ("/actions", Method::Put) => match body::<ActionBody>(request)?.action_type {
             ActionType::InstanceStart => VmmAction::InstanceStart,
             ActionType::SendCtrlAltDel => VmmAction::SendCtrlAltDel,
@@ -415,12 +418,12 @@ mod tests {
         ] {
             assert_eq!(err(Get, path, "").status, StatusCode::NotFound, "{path}");
         }
-        let vsock = err(Put, "/vsock", "{}");
-        assert_eq!(vsock.status, StatusCode::NotFound);
+        let balloon = err(Put, "/balloon", "{}");
+        assert_eq!(balloon.status, StatusCode::NotFound);
         assert!(
-            vsock.message.contains("does not implement"),
+            balloon.message.contains("does not implement"),
             "{}",
-            vsock.message
+            balloon.message
         );
         assert_eq!(
             err(Put, "/snapshot/other", "{}").status,

@@ -8,6 +8,7 @@
 use brique_devices::virtio::block::BlockCounters;
 use brique_devices::virtio::net::NetCounters;
 use brique_devices::virtio::rng::EntropyCounters;
+use brique_devices::virtio::vsock::VsockCounters;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -123,6 +124,9 @@ pub struct DeviceMetrics {
     /// The entropy device, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entropy: Option<EntropyCounters>,
+    /// The vsock device, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockCounters>,
 }
 
 /// One line of the metrics file.

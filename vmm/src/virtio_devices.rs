@@ -4,7 +4,10 @@
 //! command line (`virtio_mmio.device=4K@0xADDR:IRQ`).
 
 use crate::arch;
-use crate::config::{parse_mac, CacheType, DriveConfig, EntropyConfig, NetworkInterfaceConfig};
+use crate::config::{
+    parse_mac, CacheType, DriveConfig, EntropyConfig, NetworkInterfaceConfig, VmConfig,
+    VsockDeviceConfig,
+};
 use crate::event_loop::Subscriber;
 use crate::persist::{VirtioDeviceState, VirtioKindState};
 use crate::vm::Vm;
@@ -17,6 +20,7 @@ use brique_devices::virtio::mmio::{
 use brique_devices::virtio::net::tap::{Tap, TapError};
 use brique_devices::virtio::net::Net;
 use brique_devices::virtio::rng::Entropy;
+use brique_devices::virtio::vsock::{Vsock, VsockConfig};
 use brique_devices::virtio::{Interrupt, VirtioDevice};
 use brique_devices::EventFdTrigger;
 use event_manager::MutEventSubscriber;
@@ -96,11 +100,16 @@ pub enum VirtioModel {
     Net(Arc<Mutex<Net>>),
     /// virtio-rng.
     Entropy(Arc<Mutex<Entropy>>),
+    /// virtio-vsock.
+    Vsock(Arc<Mutex<Vsock>>),
 }
 
 /// The id the entropy device goes by in snapshots and logs (Firecracker's
 /// has none: there is at most one).
 pub const ENTROPY_ID: &str = "entropy";
+/// The id the vsock device goes by in snapshots and logs (there is at most
+/// one; Firecracker's deprecated `vsock_id` is only kept in the config).
+pub const VSOCK_ID: &str = "vsock";
 
 /// One attached virtio device: its id, where it sits, its transport and
 /// its model, kept for runtime changes, counters and snapshots.
@@ -155,7 +164,7 @@ impl AttachedDevices {
     pub fn drives(&self) -> impl Iterator<Item = (&str, &Arc<Mutex<Block>>)> {
         self.virtio.iter().filter_map(|d| match &d.model {
             VirtioModel::Block(block) => Some((d.id.as_str(), block)),
-            VirtioModel::Net(_) | VirtioModel::Entropy(_) => None,
+            _ => None,
         })
     }
 
@@ -163,7 +172,7 @@ impl AttachedDevices {
     pub fn nets(&self) -> impl Iterator<Item = (&str, &Arc<Mutex<Net>>)> {
         self.virtio.iter().filter_map(|d| match &d.model {
             VirtioModel::Net(net) => Some((d.id.as_str(), net)),
-            VirtioModel::Block(_) | VirtioModel::Entropy(_) => None,
+            _ => None,
         })
     }
 
@@ -171,7 +180,15 @@ impl AttachedDevices {
     pub fn entropy(&self) -> Option<&Arc<Mutex<Entropy>>> {
         self.virtio.iter().find_map(|d| match &d.model {
             VirtioModel::Entropy(entropy) => Some(entropy),
-            VirtioModel::Block(_) | VirtioModel::Net(_) => None,
+            _ => None,
+        })
+    }
+
+    /// The vsock device, if there is one.
+    pub fn vsock(&self) -> Option<&Arc<Mutex<Vsock>>> {
+        self.virtio.iter().find_map(|d| match &d.model {
+            VirtioModel::Vsock(vsock) => Some(vsock),
+            _ => None,
         })
     }
 
@@ -184,6 +201,7 @@ impl AttachedDevices {
         let mut blocks = Vec::new();
         let mut nets = Vec::new();
         let mut entropies = Vec::new();
+        let mut vsocks = Vec::new();
         let mut states = Vec::with_capacity(self.virtio.len());
         for device in &self.virtio {
             // Transport first, then model: the order a vCPU's MMIO access
@@ -209,6 +227,12 @@ impl AttachedDevices {
                     entropies.push(guard);
                     state
                 }
+                VirtioModel::Vsock(vsock) => {
+                    let guard = lock(vsock);
+                    let state = VirtioKindState::Vsock(guard.save());
+                    vsocks.push(guard);
+                    state
+                }
             };
             transports.push(transport);
             states.push(VirtioDeviceState {
@@ -220,7 +244,7 @@ impl AttachedDevices {
             });
         }
         let result = then(states);
-        drop((blocks, nets, entropies, transports));
+        drop((blocks, nets, entropies, vsocks, transports));
         result
     }
 }
@@ -343,16 +367,33 @@ impl<'a> VirtioAttacher<'a> {
         Ok(())
     }
 
+    /// Attaches the vsock device, if configured: its socket is bound now,
+    /// so that a taken path fails the start.
+    pub fn attach_vsock(
+        &mut self,
+        vsock: Option<&VsockDeviceConfig>,
+    ) -> Result<(), VirtioSetupError> {
+        if let Some(config) = vsock {
+            let device = Vsock::new(&VsockConfig {
+                guest_cid: config.guest_cid,
+                uds_path: config.uds_path.clone(),
+            })
+            .map_err(|err| VirtioSetupError::Device(format!("vsock: {err}")))?;
+            self.attach(VSOCK_ID, device, None, VirtioModel::Vsock)?;
+        }
+        Ok(())
+    }
+
     /// Rebuilds the virtio devices of a snapshot, in their saved order and
-    /// slots: each drive's file and interface's tap is opened by the path
-    /// and name in `drives` and `interfaces` (the saved configuration, with
-    /// any tap overrides), and each device is given its saved state.
+    /// slots: each drive's file, interface's tap and vsock socket is opened
+    /// by the path and name in `config` (the saved configuration, with any
+    /// overrides), and each device is given its saved state.
     pub fn attach_saved(
         &mut self,
         saved: &[VirtioDeviceState],
-        drives: &[DriveConfig],
-        interfaces: &[NetworkInterfaceConfig],
+        config: &VmConfig,
     ) -> Result<(), VirtioSetupError> {
+        let (drives, interfaces) = (&config.drives, &config.network_interfaces);
         for state in saved {
             let unfit = |detail: String| VirtioSetupError::SavedState {
                 id: state.id.clone(),
@@ -400,6 +441,26 @@ impl<'a> VirtioAttacher<'a> {
                         device,
                         Some(&state.transport),
                         VirtioModel::Entropy,
+                    )?;
+                }
+                VirtioKindState::Vsock(vsock_state) => {
+                    let vsock = config
+                        .vsock
+                        .as_ref()
+                        .ok_or_else(|| unfit("no vsock in the saved configuration".into()))?;
+                    if vsock.guest_cid != vsock_state.guest_cid {
+                        return Err(unfit(format!(
+                            "the device has guest_cid {}, the configuration {}",
+                            vsock_state.guest_cid, vsock.guest_cid
+                        )));
+                    }
+                    let device = Vsock::restore(&vsock.uds_path, vsock_state)
+                        .map_err(|err| unfit(format!("vsock: {err}")))?;
+                    self.attach(
+                        &state.id,
+                        device,
+                        Some(&state.transport),
+                        VirtioModel::Vsock,
                     )?;
                 }
             }

@@ -60,11 +60,6 @@ absent_field!(
     "custom CPU templates (section cpu-config)"
 );
 absent_field!(
-    /// `vsock` (config file).
-    vsock,
-    "vsock (section vsock)"
-);
-absent_field!(
     /// `mmds-config` (config file).
     mmds_config,
     "MMDS, the microVM metadata service (section mmds-config)"

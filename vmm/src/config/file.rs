@@ -5,7 +5,7 @@
 
 use super::fields::{self, null_is_default, Absent};
 use super::{BootSourceConfig, ConfigError, DriveConfig, MachineConfig, NetworkInterfaceConfig};
-use super::{EntropyConfig, VmConfig};
+use super::{EntropyConfig, VmConfig, VsockDeviceConfig};
 use crate::logger::LoggerConfig;
 use crate::metrics::MetricsConfig;
 use serde::Deserialize;
@@ -33,6 +33,8 @@ pub struct ConfigFile {
     network_interfaces: Vec<NetworkInterfaceConfig>,
     #[serde(default)]
     entropy: Option<EntropyConfig>,
+    #[serde(default)]
+    vsock: Option<VsockDeviceConfig>,
     /// Where logs go, applied as `PUT /logger` is.
     #[serde(default)]
     pub logger: Option<LoggerConfig>,
@@ -40,8 +42,6 @@ pub struct ConfigFile {
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
     // Sections of features brique lacks: never read, only checked.
-    #[serde(rename = "vsock", default, deserialize_with = "fields::vsock")]
-    _vsock: Absent,
     #[serde(rename = "balloon", default, deserialize_with = "fields::balloon")]
     _balloon: Absent,
     #[serde(
@@ -91,6 +91,7 @@ impl ConfigFile {
             drives,
             network_interfaces: self.network_interfaces.clone(),
             entropy: self.entropy.clone(),
+            vsock: self.vsock.clone(),
         }
     }
 }
@@ -137,6 +138,21 @@ mod tests {
             Some(Path::new("/tmp/fc.log"))
         );
         assert_eq!(file.metrics.as_ref().and_then(|m| m.emit_id), Some(true));
+    }
+
+    #[test]
+    fn the_vsock_section_configures_the_vsock_device() {
+        let json = r#"{"vsock": {"guest_cid": 3, "uds_path": "/tmp/v.sock", "vsock_id": null}}"#;
+        let vsock = ConfigFile::from_json(json).unwrap().vm_config().vsock;
+        assert_eq!(vsock.as_ref().map(|v| v.guest_cid), Some(3));
+        assert_eq!(
+            vsock.map(|v| v.uds_path),
+            Some(std::path::PathBuf::from("/tmp/v.sock"))
+        );
+        let err = ConfigFile::from_json(r#"{"vsock": {"guest_cid": 3}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("uds_path"), "{err}");
     }
 
     #[test]

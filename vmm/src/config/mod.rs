@@ -6,9 +6,11 @@
 
 pub(crate) mod fields;
 mod file;
+mod vsock;
 
 pub use fields::Absent;
 pub use file::ConfigFile;
+pub use vsock::VsockDeviceConfig;
 
 use brique_devices::rate_limiter::RateLimiterConfig;
 use fields::null_is_default;
@@ -93,6 +95,12 @@ pub enum ConfigError {
     /// Guest memory is not a whole number of the huge pages asked for.
     #[error("with huge_pages \"2M\", mem_size_mib must be a multiple of 2, got {0}")]
     MemNotHugePageMultiple(usize),
+    /// A vsock context id outside 3..=2^32-1.
+    #[error("vsock guest_cid {0} is out of range: use 3 to 4294967295")]
+    InvalidGuestCid(u64),
+    /// A vsock socket path brique cannot create.
+    #[error("vsock uds_path {path:?}: {why}")]
+    InvalidUdsPath { path: PathBuf, why: &'static str },
 }
 
 /// `boot-source`: the guest kernel, initrd and command line.
@@ -347,6 +355,9 @@ pub struct VmConfig {
     /// The entropy device (virtio-rng), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<EntropyConfig>,
+    /// The vsock device, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockDeviceConfig>,
 }
 
 /// `PUT /entropy` and the `entropy` section: a virtio-rng device fed from
@@ -362,6 +373,15 @@ impl VmConfig {
         Ok(ConfigFile::from_json(json)?.vm_config())
     }
 
+    /// How many virtio devices this configuration makes: drives,
+    /// interfaces, entropy and vsock.
+    pub fn virtio_device_count(&self) -> usize {
+        self.drives.len()
+            + self.network_interfaces.len()
+            + usize::from(self.entropy.is_some())
+            + usize::from(self.vsock.is_some())
+    }
+
     /// Checks everything that can be checked before building the VM:
     /// ranges, ids, and that the files it names can be opened.
     pub fn validate(&self, limits: &HostLimits) -> Result<(), ConfigError> {
@@ -371,7 +391,10 @@ impl VmConfig {
             .ok_or(ConfigError::NoBootSource)?
             .validate()?;
         self.validate_drives()?;
-        self.validate_network_interfaces()
+        self.validate_network_interfaces()?;
+        self.vsock
+            .as_ref()
+            .map_or(Ok(()), VsockDeviceConfig::validate)
     }
 
     /// Drive ids are valid and unique, at most one is the root device, and

@@ -3,7 +3,7 @@
 
 use crate::config::{
     BootSourceConfig, DriveConfig, DriveUpdate, EntropyConfig, MachineConfig, MachineConfigUpdate,
-    NetworkInterfaceConfig, NetworkInterfaceUpdate, VmConfig,
+    NetworkInterfaceConfig, NetworkInterfaceUpdate, VmConfig, VsockDeviceConfig,
 };
 use crate::logger::LoggerConfig;
 pub use crate::metrics::MetricsConfig;
@@ -33,6 +33,8 @@ pub enum VmmAction {
     PutNetworkInterface(NetworkInterfaceConfig),
     /// `PUT /entropy` (before InstanceStart).
     PutEntropy(EntropyConfig),
+    /// `PUT /vsock` (before InstanceStart).
+    PutVsock(VsockDeviceConfig),
     /// `PATCH /network-interfaces/{id}` (after start).
     PatchNetworkInterface(NetworkInterfaceUpdate),
     /// `PUT /actions` `InstanceStart`.
@@ -71,6 +73,7 @@ impl VmmAction {
             Self::PatchDrive(_) => "PatchDrive",
             Self::PutNetworkInterface(_) => "PutNetworkInterface",
             Self::PutEntropy(_) => "PutEntropy",
+            Self::PutVsock(_) => "PutVsock",
             Self::PatchNetworkInterface(_) => "PatchNetworkInterface",
             Self::InstanceStart => "InstanceStart",
             Self::SendCtrlAltDel => "SendCtrlAltDel",

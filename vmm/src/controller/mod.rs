@@ -245,6 +245,11 @@ impl Controller {
                 config.entropy = Some(entropy);
                 Ok(())
             }),
+            VmmAction::PutVsock(vsock) => self.change_config(name, |config, _| {
+                vsock.validate()?;
+                config.vsock = Some(vsock);
+                Ok(())
+            }),
             VmmAction::PatchDrive(update) => self.patch_drive(name, update),
             VmmAction::PatchNetworkInterface(update) => self.patch_network_interface(name, update),
             VmmAction::InstanceStart => self.start(),
@@ -360,7 +365,7 @@ impl Controller {
         let memory_file = persist::memory::open_for_restore(memory_path, state.memory_bytes())?;
         let mut config = state.config.clone();
         params
-            .apply_network_overrides(&mut config)
+            .apply_overrides(&mut config)
             .map_err(ControllerError::LoadRequest)?;
         let options = RestoreOptions {
             // Dirty pages are tracked if asked now or when it was configured.

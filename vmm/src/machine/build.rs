@@ -275,6 +275,7 @@ impl Machine {
         virtio.attach_drives(&config.drives)?;
         virtio.attach_network_interfaces(&config.network_interfaces)?;
         virtio.attach_entropy(config.entropy.as_ref())?;
+        virtio.attach_vsock(config.vsock.as_ref())?;
         let (virtio_subscribers, devices) = virtio.finish();
         let buses = Arc::new(buses);
 
@@ -323,11 +324,7 @@ impl Machine {
         // The guest booted long ago: this command line is never read.
         let mut cmdline = Cmdline::new(arch::CMDLINE_CAPACITY).map_err(MachineError::Cmdline)?;
         let mut virtio = VirtioAttacher::new(&vm, &mut buses.mmio, &mut cmdline);
-        virtio.attach_saved(
-            &state.devices.virtio,
-            &config.drives,
-            &config.network_interfaces,
-        )?;
+        virtio.attach_saved(&state.devices.virtio, config)?;
         let (virtio_subscribers, devices) = virtio.finish();
         let buses = Arc::new(buses);
         let vcpus = vcpus_on(vcpu_fds, &buses, &template);

@@ -530,6 +530,12 @@ impl Machine {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .counters()
         });
+        metrics.vsock = self.devices.vsock().map(|vsock| {
+            vsock
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .counters()
+        });
         metrics
     }
 

@@ -20,6 +20,7 @@ use brique_devices::virtio::block::BlockState;
 use brique_devices::virtio::mmio::MmioTransportState;
 use brique_devices::virtio::net::NetState;
 use brique_devices::virtio::rng::EntropyState;
+use brique_devices::virtio::vsock::VsockState;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -128,6 +129,8 @@ pub enum VirtioKindState {
     Net(NetState),
     /// virtio-rng.
     Entropy(EntropyState),
+    /// virtio-vsock.
+    Vsock(VsockState),
 }
 
 impl MicrovmState {
@@ -171,10 +174,10 @@ impl MicrovmState {
                 machine.vcpu_count
             )));
         }
-        let devices = self.config.drives.len() + self.config.network_interfaces.len();
+        let devices = self.config.virtio_device_count();
         if self.devices.virtio.len() != devices {
             return Err(SnapshotError::Unfit(format!(
-                "{} virtio device states for {devices} drives and interfaces",
+                "{} virtio device states for the {devices} virtio devices of its configuration",
                 self.devices.virtio.len()
             )));
         }
@@ -290,6 +293,14 @@ pub struct NetworkOverride {
     pub host_dev_name: String,
 }
 
+/// `vsock_override`: the socket the vsock device listens on after the load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockOverride {
+    /// Its new `uds_path`.
+    pub uds_path: PathBuf,
+}
+
 /// `PUT /snapshot/load`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -318,6 +329,9 @@ pub struct SnapshotLoadParams {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub network_overrides: Vec<NetworkOverride>,
+    /// The vsock socket to use instead of the saved one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_override: Option<VsockOverride>,
     /// Advance the guest's clock by the wall time since the snapshot
     /// (x86_64; default: the clock goes on from where it stopped).
     #[serde(default, deserialize_with = "null_is_default")]
@@ -355,6 +369,23 @@ impl SnapshotLoadParams {
     /// Whether dirty pages are tracked after the load (either name).
     pub fn tracks_dirty_pages(&self) -> bool {
         self.track_dirty_pages || self.enable_diff_snapshots == Some(true)
+    }
+
+    /// `config` with the network and vsock overrides applied; each must
+    /// name a device the snapshot has.
+    pub fn apply_overrides(&self, config: &mut VmConfig) -> Result<(), String> {
+        self.apply_network_overrides(config)?;
+        if let Some(VsockOverride { uds_path }) = &self.vsock_override {
+            let vsock = config
+                .vsock
+                .as_mut()
+                .ok_or("vsock_override: the snapshot has no vsock device")?;
+            vsock.uds_path = uds_path.clone();
+        }
+        if let Some(vsock) = &config.vsock {
+            vsock.validate().map_err(|err| err.to_string())?;
+        }
+        Ok(())
     }
 
     /// `config` with the network overrides applied; an override must name

@@ -96,6 +96,11 @@ pub fn api() -> Vec<u64> {
     vec![request(libc::FIONBIO)]
 }
 
+/// The device loop makes the host connections vsock accepts non-blocking.
+pub fn devices() -> Vec<u64> {
+    vec![request(libc::FIONBIO)]
+}
+
 fn vcpu_state() -> Vec<u64> {
     let mut requests = vec![
         KVM_GET_MP_STATE(),

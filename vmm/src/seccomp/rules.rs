@@ -86,6 +86,9 @@ const VMM: &[Syscall] = &[
     syscall!(SYS_read),
     syscall!(SYS_readv),
     syscall!(SYS_renameat),
+    // vsock's listening socket (the socket itself: see `allowed`).
+    syscall!(SYS_bind),
+    syscall!(SYS_listen),
     syscall!(SYS_statx),
     syscall!(SYS_sysinfo),
     syscall!(SYS_timerfd_create),
@@ -124,8 +127,14 @@ const VCPU: &[Syscall] = &[
     syscall!(SYS_timerfd_settime),
 ];
 
-/// The device event loop: block and net I/O, console input, interrupts.
+/// The device event loop: block, net and vsock I/O, console input,
+/// interrupts. vsock accepts host connections on its socket and connects
+/// guest connections to `<uds_path>_<port>` (Unix sockets only: see
+/// [`allowed`]).
 const DEVICES: &[Syscall] = &[
+    syscall!(SYS_accept4),
+    syscall!(SYS_connect),
+    syscall!(SYS_shutdown),
     // Rate limiters re-arm their refill timers (brique_devices::rate_limiter).
     syscall!(SYS_timerfd_settime),
     syscall!(SYS_epoll_ctl),
@@ -162,9 +171,13 @@ pub fn allowed(kind: FilterKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Back
         syscall!(SYS_rt_sigaction),
         vec![arg_eq(0, libc::SIGABRT as u64)?],
     );
+    // Sockets are Unix sockets: the API's and vsock's (the VMM thread binds
+    // vsock's listener, the device loop connects to host listeners).
+    let unix_sockets = || arg_eq(0, libc::AF_UNIX as u64);
     match kind {
         FilterKind::Vmm => {
             rules.always(VMM);
+            rules.when(syscall!(SYS_socket), vec![unix_sockets()?]);
             rules.always(arch::seccomp::vmm_thread());
             rules.ioctls(&ioctls::vmm());
             // The threads the VMM thread starts inherit its filter, and the
@@ -220,6 +233,8 @@ pub fn allowed(kind: FilterKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Back
         FilterKind::Devices => {
             rules.always(DEVICES);
             rules.always(arch::seccomp::waiting_threads());
+            rules.when(syscall!(SYS_socket), vec![unix_sockets()?]);
+            rules.ioctls(&ioctls::devices());
         }
         FilterKind::Signals => rules.always(SIGNALS),
     }
@@ -258,6 +273,7 @@ pub fn known_syscalls() -> Vec<Syscall> {
             syscall!(SYS_ioctl),
             syscall!(SYS_prctl),
             syscall!(SYS_seccomp),
+            syscall!(SYS_socket),
         ])
         .collect();
     all.sort_by_key(|syscall| syscall.nr);
@@ -267,17 +283,14 @@ pub fn known_syscalls() -> Vec<Syscall> {
 
 /// System calls no thread is allowed, named so that an attempt reads well.
 const NOTABLE: &[Syscall] = &[
-    syscall!(SYS_bind),
     syscall!(SYS_bpf),
     syscall!(SYS_chroot),
-    syscall!(SYS_connect),
     syscall!(SYS_execve),
     syscall!(SYS_execveat),
     syscall!(SYS_finit_module),
     syscall!(SYS_init_module),
     syscall!(SYS_io_uring_setup),
     syscall!(SYS_kill),
-    syscall!(SYS_listen),
     syscall!(SYS_memfd_create),
     syscall!(SYS_mount),
     syscall!(SYS_perf_event_open),
@@ -288,7 +301,6 @@ const NOTABLE: &[Syscall] = &[
     syscall!(SYS_setgid),
     syscall!(SYS_setns),
     syscall!(SYS_setuid),
-    syscall!(SYS_socket),
     syscall!(SYS_umount2),
     syscall!(SYS_unshare),
     syscall!(SYS_userfaultfd),
