@@ -19,7 +19,11 @@
  *       Opens K connections to the host port at once and runs "echo N" on
  *       all of them concurrently (one process each).
  *
- * Options before the mode: --cid C (connect to another CID than 2).
+ * Options before the mode: --cid C (connect to another CID than 2);
+ * --unix UDS (the host side of Firecracker's vsock backend, for the test
+ * host: connect goes to the Unix socket UDS and asks for the guest's PORT
+ * with "CONNECT PORT\n", expecting "OK <host port>\n"; listen listens on
+ * the Unix socket UDS_PORT, where the guest's connections to PORT arrive).
  *
  * Every connection reports one line on stdout:
  *   VSOCK <what> port=<p> sent=<n> sent_fnv=<hex> recv=<n> recv_fnv=<hex> <ok|FAIL>
@@ -35,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
@@ -42,6 +47,7 @@
 #define CHUNK 65536
 
 static unsigned int peer_cid = VMADDR_CID_HOST;
+static const char *unix_path; /* --unix: the host side, over Unix sockets */
 
 static uint8_t pattern(uint64_t i) { return (uint8_t)(i * 7 + i / 251); }
 
@@ -153,14 +159,87 @@ static int read_to_end(int fd, struct tally *t, int check)
     }
 }
 
+static struct sockaddr_un unix_address(const char *path, const char *suffix)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int len = snprintf(addr.sun_path, sizeof(addr.sun_path), "%s%s", path, suffix);
+    if (len < 0 || (size_t)len >= sizeof(addr.sun_path)) {
+        fprintf(stderr, "vsock-tool: socket path too long: %s%s\n", path, suffix);
+        exit(2);
+    }
+    return addr;
+}
+
+/* Connects to the guest's port through the backend's Unix socket. */
+static int connect_unix(unsigned int port)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        die("socket");
+    struct sockaddr_un addr = unix_address(unix_path, "");
+    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+        die("connect");
+    char request[32], answer[32];
+    int len = snprintf(request, sizeof(request), "CONNECT %u\n", port);
+    if (write_all(fd, (const uint8_t *)request, (size_t)len) < 0)
+        die("write CONNECT");
+    /* The answer line, byte by byte: the guest's data may follow it. */
+    size_t got = 0;
+    while (got < sizeof(answer) - 1) {
+        ssize_t n = read(fd, answer + got, 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        if (answer[got++] == '\n')
+            break;
+    }
+    answer[got] = 0;
+    if (strncmp(answer, "OK ", 3) != 0) {
+        fprintf(stderr, "vsock-tool: CONNECT %u answered \"%s\"\n", port, answer);
+        exit(2);
+    }
+    return fd;
+}
+
 static int connect_to(unsigned int port)
 {
+    if (unix_path)
+        return connect_unix(port);
     int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         die("socket");
     struct sockaddr_vm addr = {.svm_family = AF_VSOCK, .svm_cid = peer_cid, .svm_port = port};
     if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
         die("connect");
+    return fd;
+}
+
+/* The listening socket for PORT: vsock, or with --unix the backend's UDS_PORT. */
+static int listen_on(unsigned int port)
+{
+    int fd;
+    if (unix_path) {
+        char suffix[16];
+        snprintf(suffix, sizeof(suffix), "_%u", port);
+        struct sockaddr_un addr = unix_address(unix_path, suffix);
+        unlink(addr.sun_path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            die("socket");
+        if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+            die("bind");
+    } else {
+        fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            die("socket");
+        struct sockaddr_vm addr = {
+            .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = port};
+        if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+            die("bind");
+    }
+    if (listen(fd, 128) < 0)
+        die("listen");
     return fd;
 }
 
@@ -253,14 +332,7 @@ static int reap(void)
 
 static int listen_mode(unsigned int port, const char *mode, uint64_t n, uint64_t count)
 {
-    int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        die("socket");
-    struct sockaddr_vm addr = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = port};
-    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
-        die("bind");
-    if (listen(fd, 128) < 0)
-        die("listen");
+    int fd = listen_on(port);
     printf("VSOCK listening port=%u mode=%s\n", port, mode);
     fflush(stdout);
     for (uint64_t served = 0; count == 0 || served < count; served++) {
@@ -307,10 +379,10 @@ static int multi_mode(unsigned int port, uint64_t k, uint64_t n)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: vsock-tool [--cid C] listen PORT echo|sink [COUNT]\n"
-                    "       vsock-tool [--cid C] listen PORT source N [COUNT]\n"
-                    "       vsock-tool [--cid C] connect PORT send N | recv | echo N\n"
-                    "       vsock-tool [--cid C] multi PORT K N\n");
+    fprintf(stderr, "usage: vsock-tool [--cid C | --unix UDS] listen PORT echo|sink [COUNT]\n"
+                    "       vsock-tool [--cid C | --unix UDS] listen PORT source N [COUNT]\n"
+                    "       vsock-tool [--cid C | --unix UDS] connect PORT send N | recv | echo N\n"
+                    "       vsock-tool [--cid C | --unix UDS] multi PORT K N\n");
     exit(2);
 }
 
@@ -319,6 +391,9 @@ int main(int argc, char **argv)
     int arg = 1;
     if (argc > 2 && !strcmp(argv[1], "--cid")) {
         peer_cid = (unsigned int)parse_count(argv[2]);
+        arg = 3;
+    } else if (argc > 2 && !strcmp(argv[1], "--unix")) {
+        unix_path = argv[2];
         arg = 3;
     }
     if (argc - arg < 3)

@@ -360,8 +360,10 @@ impl<'a> VirtioAttacher<'a> {
         &mut self,
         entropy: Option<&EntropyConfig>,
     ) -> Result<(), VirtioSetupError> {
-        if entropy.is_some() {
-            let device = Entropy::new().map_err(|err| VirtioSetupError::Device(err.to_string()))?;
+        if let Some(entropy) = entropy {
+            let limiter = rate_limiter(ENTROPY_ID, entropy.rate_limiter)?;
+            let device = Entropy::with_rate_limiter(limiter)
+                .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
             self.attach(ENTROPY_ID, device, None, VirtioModel::Entropy)?;
         }
         Ok(())
@@ -433,9 +435,9 @@ impl<'a> VirtioAttacher<'a> {
                         .map_err(|err| unfit(err.to_string()))?;
                     self.attach(&state.id, net, Some(&state.transport), VirtioModel::Net)?;
                 }
-                VirtioKindState::Entropy(_) => {
+                VirtioKindState::Entropy(entropy_state) => {
                     let device =
-                        Entropy::new().map_err(|err| VirtioSetupError::Device(err.to_string()))?;
+                        Entropy::restore(entropy_state).map_err(|err| unfit(err.to_string()))?;
                     self.attach(
                         &state.id,
                         device,

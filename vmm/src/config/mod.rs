@@ -364,7 +364,11 @@ pub struct VmConfig {
 /// the host's `getrandom`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EntropyConfig {}
+pub struct EntropyConfig {
+    /// Limits on the bytes (`bandwidth`) and requests (`ops`) it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
 
 impl VmConfig {
     /// The microVM part of a config file's JSON (no validation against the

@@ -1,17 +1,20 @@
 //! virtio-rng (the entropy device, Firecracker's `PUT /entropy`): every
 //! device-writable buffer the driver offers is filled with bytes from the
-//! host's `getrandom`.
+//! host's `getrandom`, as fast as its optional rate limiter allows (bytes
+//! given count against `bandwidth`, each request against `ops`).
 
 use super::{
     pop_or_rearm, ActivateError, ActiveQueue, Interrupt, SingleQueue, VirtioDevice, VirtioEvent,
     VirtioEvents,
 };
+use crate::rate_limiter::{RateLimiter, RateLimiterState};
 use crate::GuestMemoryMmap;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::sync::Arc;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
+use vmm_sys_util::epoll::EventSet;
 
 /// Descriptors in the queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -30,13 +33,24 @@ pub struct EntropyCounters {
     /// Requests answered with nothing (no writable buffer, or the host's
     /// getrandom failed).
     pub failed: u64,
+    /// Requests held back by the rate limiter's bandwidth bucket.
+    pub rate_limiter_throttled_bandwidth: u64,
+    /// Requests held back by the rate limiter's ops bucket.
+    pub rate_limiter_throttled_ops: u64,
+    /// Times the queue resumed when the rate limiter's timer fired.
+    pub rate_limiter_resumed: u64,
 }
 
 /// What the entropy device keeps across a snapshot besides its transport
-/// and queue: nothing yet (its rate limiter will live here).
+/// and queue: its rate limiter's budgets.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EntropyState {}
+pub struct EntropyState {
+    /// The rate limiter's buckets (none in states saved before the entropy
+    /// device had one, which is what it had).
+    #[serde(default)]
+    pub rate_limiter: RateLimiterState,
+}
 
 /// A virtio-rng device.
 pub struct Entropy {
@@ -44,6 +58,7 @@ pub struct Entropy {
     active: Option<SingleQueue>,
     events: VirtioEvents,
     counters: EntropyCounters,
+    rate_limiter: RateLimiter,
 }
 
 impl std::fmt::Debug for Entropy {
@@ -56,34 +71,70 @@ impl std::fmt::Debug for Entropy {
 }
 
 impl Entropy {
-    /// A new device.
+    /// A new device, unlimited.
     pub fn new() -> std::io::Result<Self> {
+        let limiter = RateLimiter::unlimited().map_err(std::io::Error::other)?;
+        Self::with_rate_limiter(limiter)
+    }
+
+    /// A new device whose requests go through `rate_limiter`.
+    pub fn with_rate_limiter(rate_limiter: RateLimiter) -> std::io::Result<Self> {
         Ok(Self {
             acked_features: 0,
             active: None,
             events: VirtioEvents::new()?,
             counters: EntropyCounters::default(),
+            rate_limiter,
         })
     }
 
     /// The device's own state (its queue is saved by the transport).
     pub fn save(&self) -> EntropyState {
-        EntropyState {}
+        EntropyState {
+            rate_limiter: self.rate_limiter.save(),
+        }
+    }
+
+    /// A device in a saved state.
+    pub fn restore(state: &EntropyState) -> Result<Self, crate::state::StateError> {
+        let limiter = RateLimiter::restore(&state.rate_limiter, "virtio-rng")?;
+        Self::with_rate_limiter(limiter)
+            .map_err(|err| crate::state::StateError::invalid("virtio-rng", err.to_string()))
     }
 
     /// Request counters.
     pub fn counters(&self) -> EntropyCounters {
-        self.counters
+        let throttling = self.rate_limiter.counters();
+        EntropyCounters {
+            rate_limiter_throttled_bandwidth: throttling.bandwidth_throttled,
+            rate_limiter_throttled_ops: throttling.ops_throttled,
+            rate_limiter_resumed: throttling.resumed,
+            ..self.counters
+        }
     }
 
-    /// Answers every available request, then interrupts the guest if it
-    /// asked to be told.
+    /// Whether the rate limiter holds the queue back until its timer fires.
+    pub fn is_throttled(&self) -> bool {
+        self.rate_limiter.is_blocked()
+    }
+
+    /// Answers every available request the rate limiter allows, then
+    /// interrupts the guest if it asked to be told. A request the limiter
+    /// refuses stays in the queue, with every one after it, until the
+    /// limiter's timer fires.
     pub fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
         let mut served = false;
         while let Some(chain) = pop_or_rearm(&mut active.queue, &active.mem, &active.interrupt) {
+            if !self
+                .rate_limiter
+                .consume_op(u64::from(requested_bytes(chain.clone())))
+            {
+                active.queue.go_to_previous_position();
+                break;
+            }
             let head = chain.head_index();
             let given = fill_with_random(chain, &active.mem);
             if given == 0 {
@@ -101,6 +152,18 @@ impl Entropy {
             active.interrupt.signal_used_queue();
         }
     }
+}
+
+/// The bytes a request asks for: its device-writable buffers, up to
+/// [`MAX_BYTES_PER_REQUEST`] (what the rate limiter counts).
+fn requested_bytes(chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+    chain
+        .take(usize::from(QUEUE_SIZE))
+        .filter(|descriptor| descriptor.is_write_only())
+        .fold(0u32, |total, descriptor| {
+            total.saturating_add(descriptor.len())
+        })
+        .min(MAX_BYTES_PER_REQUEST)
 }
 
 /// Fills the chain's device-writable buffers with random bytes, up to
@@ -201,11 +264,20 @@ impl VirtioDevice for Entropy {
 impl MutEventSubscriber for Entropy {
     fn init(&mut self, ops: &mut EventOps) {
         self.events.watch(ops, "virtio-rng");
+        let timer = Events::new_raw(self.rate_limiter.timer_fd(), EventSet::IN);
+        if let Err(err) = ops.add(timer) {
+            log::error!("virtio-rng: cannot watch the rate limiter: {err:?}");
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match self.events.classify(&events, ops) {
             VirtioEvent::Activated | VirtioEvent::Notified(_) => self.process_queue(),
+            VirtioEvent::Other if events.fd() == self.rate_limiter.timer_fd() => {
+                if self.rate_limiter.on_timer_event() {
+                    self.process_queue();
+                }
+            }
             VirtioEvent::Other => {}
         }
     }

@@ -81,3 +81,85 @@ fn hostile_chains_get_nothing_or_at_most_the_per_request_limit() {
     assert_eq!(device.counters().failed, 2);
     assert_eq!(device.counters().bytes, u64::from(MAX_BYTES_PER_REQUEST));
 }
+
+mod rate_limited {
+    //! A rate-limited entropy queue: the bytes asked for count against the
+    //! bandwidth bucket; what the bucket refuses waits in the ring until
+    //! the limiter's timer fires. The limiter reads a clock the test moves.
+
+    use super::*;
+    use crate::rate_limiter::{ManualClock, RateLimiter, RateLimiterConfig, TokenBucketConfig};
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    type Loop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+    #[test]
+    fn bytes_beyond_the_bandwidth_wait_for_the_refill_timer() {
+        let clock = Arc::new(ManualClock::new());
+        // 1024 bytes per second: two 512-byte requests, not a third.
+        let config = RateLimiterConfig {
+            bandwidth: Some(TokenBucketConfig {
+                size: 1024,
+                one_time_burst: None,
+                refill_time: 1000,
+            }),
+            ops: None,
+        };
+        let limiter = RateLimiter::with_clock(&config, clock.clone()).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let mock = MockSplitQueue::create(&mem, GuestAddress(RINGS), 16);
+        let chains: Vec<RawDescriptor> = (0..3u16)
+            .map(|i| desc(0x1000 + u64::from(i) * 0x1000, 512, WRITE, 0))
+            .collect();
+        for (i, chain) in chains.iter().enumerate() {
+            mock.add_desc_chains(std::slice::from_ref(chain), i as u16)
+                .unwrap();
+        }
+        let device = Arc::new(Mutex::new(Entropy::with_rate_limiter(limiter).unwrap()));
+        let mut loop_ = Loop::new().unwrap();
+        loop_.add_subscriber(device.clone());
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let interrupt = Interrupt::new(crate::EventFdTrigger::new(irq.try_clone().unwrap()));
+        let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+        device
+            .lock()
+            .unwrap()
+            .activate(
+                mem.clone(),
+                vec![ActiveQueue {
+                    queue: mock.create_queue().unwrap(),
+                    notify,
+                }],
+                interrupt,
+            )
+            .unwrap();
+        assert_eq!(loop_.run_with_timeout(100).unwrap(), 1, "activation");
+        let used = || mock.used().idx().load();
+        assert_eq!(
+            used(),
+            2,
+            "the bucket's 1024 bytes, the third request left queued"
+        );
+        assert!(device.lock().unwrap().is_throttled());
+        assert_eq!(
+            device
+                .lock()
+                .unwrap()
+                .counters()
+                .rate_limiter_throttled_bandwidth,
+            1
+        );
+        // 512 bytes refill in 500 ms of the limiter's clock.
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(loop_.run_with_timeout(3000).unwrap(), 1, "the timer");
+        assert_eq!(used(), 3);
+        let counters = device.lock().unwrap().counters();
+        assert_eq!((counters.requests, counters.bytes), (3, 1536));
+        assert_eq!(counters.rate_limiter_resumed, 1);
+        // The saved state carries the spent budget.
+        let state = device.lock().unwrap().save();
+        assert!(Entropy::restore(&state).is_ok());
+    }
+}
