@@ -48,6 +48,15 @@ mkdir -p "$cache"
 
 log() { echo "build-artifacts: $*" >&2; }
 
+# One build at a time per cache: tests running in parallel (each test host
+# run calls this script) wait for the first to finish an artifact instead of
+# building it again into the same folder.
+exec 9> "$cache/.lock"
+if ! flock -n 9; then
+    log "waiting for another build-artifacts.sh using $cache"
+    flock 9
+fi
+
 if [ "$want_aarch64" = 1 ]; then
     "$here/install-deps.sh" --aarch64 >&2
 else

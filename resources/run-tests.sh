@@ -115,6 +115,13 @@ if [ -n "$failed_tests" ]; then
     echo
     echo "failed tests:"
     printf '  %s\n' $failed_tests
+    # What each failure said (its first lines), so that this summary alone
+    # tells why, even where only the end of the run's output is kept.
+    echo
+    echo "why (the first lines of each failure; the whole output is above):"
+    awk '/^---- .* stdout ----$/ { name = $2; left = 0 }
+         /panicked at/ && name != "" { print "  [" name "]"; left = 25 }
+         left > 0 { print "    " $0; left--; if (left == 0) name = "" }' "$test_log"
 fi
 if [ -d "$testhost_logs" ]; then
     echo

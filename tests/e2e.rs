@@ -78,8 +78,161 @@ fn stdin_reaches_the_guest_console(arch: HostArch) {
     assert_eq!(case.exit, 0, "{case:#?}");
 }
 
+/// Firecracker's example config files, in their own shape (every section,
+/// null rate limiters, `io_engine`, `socket`, `pmem: []`, a logger section):
+/// only the paths and the guest's command differ. The first boots from a
+/// root drive, the second also has a network interface the guest pings on.
+fn firecracker_s_example_configs_boot_unchanged(arch: HostArch) {
+    // Only paths and arguments change, in the shell's here-documents.
+    let adapt = |json: &str, extra_args: &str| {
+        json.replace("vmlinux.bin", "$GUEST_KERNEL")
+            .replace("bionic.rootfs.ext4", "/tmp/rootfs.ext4")
+            .replace("panic=1\"", &format!("panic=1 $DEFAULT_ARGS{extra_args}\""))
+    };
+    let script = format!(
+        r#"
+        tunctl -t tap0 >/dev/null
+        ip addr add 192.168.0.1/24 dev tap0
+        ip link set tap0 up
+        cp "$GUEST_ROOTFS" /tmp/rootfs.ext4
+        cat > /tmp/fc1.json <<JSON
+{}
+JSON
+        cat > /tmp/fc2.json <<JSON
+{}
+JSON
+        for n in 1 2; do
+            echo "BRIQUE_CASE_BEGIN fc$n"
+            "$BRIQUE" --no-api --config-file /tmp/fc$n.json < /dev/null > /tmp/fc$n.out 2> /tmp/fc$n.err &
+            BRIQUE_CASE_TIMEOUT=240 wait_or_kill "$!" fc$n
+            status=$?
+            sed "s/^/[fc$n] /" /tmp/fc$n.out
+            sed "s/^/[fc$n:stderr] /" /tmp/fc$n.err
+            echo "BRIQUE_CASE fc$n exit=$status"
+            echo "LOGGED fc$n $(grep -c . /tmp/fc$n.log 2>/dev/null)"
+        done
+        "#,
+        adapt(FC_VM_CONFIG, ""),
+        adapt(FC_VM_CONFIG_NETWORK, r#" brique_run=\"$(cat guest.sh)\""#),
+    );
+    let guest = "ip addr add 192.168.0.2/24 dev eth0; ip link set eth0 up; \
+                 ping -c 2 -W 5 192.168.0.1 >/dev/null && echo GUEST_PING_OK";
+    let run = run_in_test_host_on(arch, &script, &[("guest.sh", guest.as_bytes())]);
+    for name in ["fc1", "fc2"] {
+        let case = run.case(name);
+        assert!(case.console_has("BRIQUE_GUEST_INIT_OK"), "{case:#?}");
+        assert!(case.console_line("BRIQUE_GUEST_REBOOTING"), "{case:#?}");
+        assert_eq!(case.exit, 0, "{case:#?}");
+        let logged = run
+            .console
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("LOGGED {name} ")))
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        assert!(logged > 0, "{name}: the logger section's file has no line");
+    }
+    let networked = run.case("fc2");
+    assert!(networked.console_line("GUEST_PING_OK"), "{networked:#?}");
+}
+
+/// tests/framework/vm_config.json of Firecracker, with a logger section.
+const FC_VM_CONFIG: &str = r#"{
+  "boot-source": {
+    "kernel_image_path": "vmlinux.bin",
+    "boot_args": "console=ttyS0 reboot=k panic=1",
+    "initrd_path": null
+  },
+  "drives": [
+    {
+      "drive_id": "rootfs",
+      "partuuid": null,
+      "is_root_device": true,
+      "cache_type": "Unsafe",
+      "is_read_only": false,
+      "path_on_host": "bionic.rootfs.ext4",
+      "io_engine": "Sync",
+      "rate_limiter": null,
+      "socket": null
+    }
+  ],
+  "machine-config": {
+    "vcpu_count": 2,
+    "mem_size_mib": 1024,
+    "smt": false,
+    "track_dirty_pages": false,
+    "huge_pages": "None"
+  },
+  "cpu-config": null,
+  "balloon": null,
+  "network-interfaces": [],
+  "vsock": null,
+  "logger": {
+    "log_path": "/tmp/fc1.log",
+    "level": "Info",
+    "show_level": true,
+    "show_log_origin": false
+  },
+  "metrics": null,
+  "mmds-config": null,
+  "entropy": null,
+  "pmem": [],
+  "memory-hotplug": null
+}
+"#;
+
+/// tests/framework/vm_config_network.json of Firecracker, with a logger
+/// section.
+const FC_VM_CONFIG_NETWORK: &str = r#"{
+  "boot-source": {
+    "kernel_image_path": "vmlinux.bin",
+    "boot_args": "console=ttyS0 reboot=k panic=1",
+    "initrd_path": null
+  },
+  "drives": [
+    {
+      "drive_id": "rootfs",
+      "path_on_host": "bionic.rootfs.ext4",
+      "is_root_device": true,
+      "partuuid": null,
+      "is_read_only": false,
+      "cache_type": "Unsafe",
+      "io_engine": "Sync",
+      "rate_limiter": null
+    }
+  ],
+  "machine-config": {
+    "vcpu_count": 2,
+    "mem_size_mib": 1024,
+    "smt": false,
+    "track_dirty_pages": false
+  },
+  "cpu-config": null,
+  "balloon": null,
+  "network-interfaces": [
+    {
+      "iface_id": "eth0",
+      "host_dev_name": "tap0",
+      "guest_mac": "06:00:c0:a8:00:02",
+      "rx_rate_limiter": null,
+      "tx_rate_limiter": null
+    }
+  ],
+  "vsock": null,
+  "logger": {
+    "log_path": "/tmp/fc2.log",
+    "level": "Info",
+    "show_level": true,
+    "show_log_origin": false
+  },
+  "metrics": null,
+  "mmds-config": null,
+  "entropy": null
+}
+"#;
+
 // Each case on each test host it applies to (the same script on both).
 on_test_hosts!(boots_to_init_with_one_and_two_vcpus_and_reboot_ends_brique_cleanly on X86_64, Aarch64);
 on_test_hosts!(guest_kernel_panic_ends_brique_with_an_error_and_a_message on X86_64, Aarch64);
 on_test_hosts!(stdin_reaches_the_guest_console on X86_64, Aarch64);
 on_test_hosts!(bzimage_boots_and_memory_size_is_what_was_asked on X86_64);
+on_test_hosts!(firecracker_s_example_configs_boot_unchanged on X86_64, Aarch64);
