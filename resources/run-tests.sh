@@ -93,13 +93,13 @@ fuzz() {
     # -timeout: an input that takes over 10 s is a hang (a guest or client
     # that stalls brique) and fails the run now, not after libFuzzer's 20 min.
     local target status=0
-    for target in virtio_blk_request virtio_net_frames api_request snapshot_state; do
+    for target in virtio_blk_request virtio_net_frames virtio_vsock_packets api_request snapshot_state; do
         (cd fuzz && cargo fuzz run --sanitizer none "$target" -- \
             -max_total_time="${BRIQUE_FUZZ_SECONDS:-30}" -timeout=10) || status=1
     done
     return "$status"
 }
-run_step "fuzzing: virtio-blk requests, virtio-net frames, API requests and snapshot state files, briefly (cargo-fuzz, libFuzzer)" fuzz
+run_step "fuzzing: virtio-blk requests, virtio-net frames, virtio-vsock packets, API requests and snapshot state files, briefly (cargo-fuzz, libFuzzer)" fuzz
 run_step "supply chain: licenses, duplicate crates, sources (cargo-deny)" resources/check-supply-chain.sh
 run_step "reproducible build: two release builds in two directories, same hashes" resources/check-reproducible.sh
 
