@@ -48,14 +48,6 @@ mkdir -p "$cache"
 
 log() { echo "build-artifacts: $*" >&2; }
 
-# One build at a time per cache: tests running in parallel (each test host
-# run calls this script) wait for the first to finish an artifact instead of
-# building it again into the same folder.
-exec 9> "$cache/.lock"
-if ! flock -n 9; then
-    log "waiting for another build-artifacts.sh using $cache"
-    flock 9
-fi
 
 if [ "$want_aarch64" = 1 ]; then
     "$here/install-deps.sh" --aarch64 >&2
@@ -147,11 +139,22 @@ check_kernel_config() {
 build_into() {
     local final="$1"; shift
     if [ -e "$final/.complete" ]; then return 0; fi
-    rm -rf "$final.tmp" "$final"
-    mkdir -p "$final.tmp"
-    "$@" "$final.tmp"
-    touch "$final.tmp/.complete"
-    mv "$final.tmp" "$final"
+    # One builder per artifact: another run of this script (parallel test
+    # host runs each call it) waits for it instead of building it again
+    # into the same folder.
+    exec 9> "$final.lock"
+    if ! flock -n 9; then
+        log "waiting for another build of $(basename "$final")"
+        flock 9
+    fi
+    if [ ! -e "$final/.complete" ]; then
+        rm -rf "$final.tmp" "$final"
+        mkdir -p "$final.tmp"
+        "$@" "$final.tmp"
+        touch "$final.tmp/.complete"
+        mv "$final.tmp" "$final"
+    fi
+    exec 9>&-
 }
 
 # ---------------------------------------------------------------- guest kernel

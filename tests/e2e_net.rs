@@ -1,10 +1,12 @@
 //! End-to-end virtio-net: a guest on two taps in the test host, pinging
-//! both ways and moving 64 MiB each direction over TCP with checksums.
+//! both ways and moving 64 MiB each direction over TCP with checksums; the
+//! second interface's configured MTU is the guest's.
 
 use brique_tests::{on_test_hosts, run_in_test_host_on, HostArch};
 
 /// What the guest runs (kernel command line, so: no double quotes).
-const GUEST: &str = "ip addr add 172.16.0.2/24 dev eth0; ip link set eth0 up; \
+const GUEST: &str = "echo GUEST_MTU_ETH1 $(cat /sys/class/net/eth1/mtu); \
+ip addr add 172.16.0.2/24 dev eth0; ip link set eth0 up; \
 ip addr add 172.16.1.2/24 dev eth1; ip link set eth1 up; \
 ping -c 2 -W 5 172.16.0.1 >/dev/null && echo PING_G2H_OK; \
 ping -c 2 -W 5 172.16.1.1 >/dev/null && echo PING_ETH1_OK; \
@@ -30,7 +32,7 @@ fn guest_on_two_taps_pings_and_moves_64_mib_each_way(arch: HostArch) {
   "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
   "network-interfaces": [
     {"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"},
-    {"iface_id": "eth1", "host_dev_name": "tap1"}
+    {"iface_id": "eth1", "host_dev_name": "tap1", "mtu": 1400}
   ]
 }
 JSON
@@ -67,6 +69,11 @@ JSON
     for marker in ["[guest] PING_G2H_OK", "[guest] PING_ETH1_OK", "PING_H2G_OK"] {
         assert!(console.contains(marker), "{marker} missing:\n{console}");
     }
+    // The configured MTU reached the guest's driver (VIRTIO_NET_F_MTU).
+    assert!(
+        console.contains("[guest] GUEST_MTU_ETH1 1400"),
+        "eth1's MTU:\n{console}"
+    );
     let busy = console
         .lines()
         .find(|l| l.starts_with("BUSY_EXIT="))

@@ -140,4 +140,20 @@ fn a_system_call_the_filter_forbids_ends_brique_with_148_naming_thread_and_call(
         stderr.contains("seccomp: thread brique-api (api filter) made system call accept4 ("),
         "{stderr}"
     );
+    // Then where: the thread's return addresses, the offending call's first
+    // (in libc), brique's own code below it.
+    let frames: Vec<&str> = stderr
+        .lines()
+        .skip_while(|l| !l.contains("seccomp"))
+        .skip(1)
+        .collect();
+    assert!(frames.len() >= 3, "a backtrace follows: {stderr}");
+    assert!(
+        frames.iter().all(|frame| frame.contains("[0x")),
+        "one address per line: {stderr}"
+    );
+    assert!(
+        frames.iter().any(|frame| frame.contains("brique")),
+        "brique's own frames: {stderr}"
+    );
 }

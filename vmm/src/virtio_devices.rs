@@ -349,7 +349,8 @@ impl<'a> VirtioAttacher<'a> {
             let rx = rate_limiter(&iface.iface_id, iface.rx_rate_limiter)?;
             let tx = rate_limiter(&iface.iface_id, iface.tx_rate_limiter)?;
             let net = Net::with_rate_limiters(Box::new(open_tap(iface)?), mac, rx, tx)
-                .map_err(|err| VirtioSetupError::Device(err.to_string()))?;
+                .map_err(|err| VirtioSetupError::Device(err.to_string()))?
+                .with_mtu(iface.mtu);
             self.attach(&iface.iface_id, net, None, VirtioModel::Net)?;
         }
         Ok(())
@@ -432,7 +433,8 @@ impl<'a> VirtioAttacher<'a> {
                         .transpose()
                         .map_err(|err| unfit(err.to_string()))?;
                     let net = Net::restore(Box::new(open_tap(iface)?), mac, net_state)
-                        .map_err(|err| unfit(err.to_string()))?;
+                        .map_err(|err| unfit(err.to_string()))?
+                        .with_mtu(iface.mtu);
                     self.attach(&state.id, net, Some(&state.transport), VirtioModel::Net)?;
                 }
                 VirtioKindState::Entropy(entropy_state) => {

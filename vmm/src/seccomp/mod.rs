@@ -221,6 +221,7 @@ static CONFIGURED: OnceLock<Option<Filters>> = OnceLock::new();
 pub fn configure(filters: Option<Filters>) -> Result<(), SeccompError> {
     if filters.is_some() {
         violation::install_handler().map_err(SeccompError::Handler)?;
+        keep_malloc_off_files();
     }
     let _ = CONFIGURED.set(filters);
     Ok(())
@@ -232,6 +233,21 @@ pub fn confine_current_thread(kind: FilterKind) -> Result<(), SeccompError> {
     match CONFIGURED.get() {
         Some(Some(filters)) => filters.install(kind),
         _ => Ok(()),
+    }
+}
+
+/// glibc's allocator reads /proc/sys/vm/overcommit_memory (openat, which
+/// no thread's filter allows past startup) the first time a thread's arena
+/// gives memory back to the kernel, after a large free: the device loop
+/// did, under vsock traffic, and was killed. Arenas whose top never reaches
+/// the trim threshold never shrink, so the threshold is set out of reach.
+/// What brique allocates is small and long-lived (guest memory is mapped
+/// apart), so nothing of note stays mapped that would have been returned.
+fn keep_malloc_off_files() {
+    // SAFETY: mallopt only changes the allocator's parameters; it is called
+    // before brique starts any thread.
+    if unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) } != 1 {
+        log::warn!("mallopt(M_TRIM_THRESHOLD) failed: a thread may yet trip its filter");
     }
 }
 

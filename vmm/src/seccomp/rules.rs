@@ -134,6 +134,9 @@ const VCPU: &[Syscall] = &[
 const DEVICES: &[Syscall] = &[
     syscall!(SYS_accept4),
     syscall!(SYS_connect),
+    // std reads and writes sockets with recv and send (MSG_NOSIGNAL).
+    syscall!(SYS_recvfrom),
+    syscall!(SYS_sendto),
     syscall!(SYS_shutdown),
     // Rate limiters re-arm their refill timers (brique_devices::rate_limiter).
     syscall!(SYS_timerfd_settime),

@@ -1,8 +1,11 @@
 //! What happens when a thread makes a system call its filter does not
 //! allow: the filter traps (SIGSYS), and this handler writes one line naming
 //! the thread and the system call to stderr, then ends brique with
-//! `EXIT_BAD_SYSCALL`. The handler only reads data prepared before any
-//! filter was installed, formats on the stack and calls write and _exit.
+//! `EXIT_BAD_SYSCALL`, after the thread's return addresses (glibc's
+//! `backtrace_symbols_fd`: `brique(+0x1234)`, which `addr2line -f -C -e
+//! brique 0x1234` names). The handler only reads data prepared before any
+//! filter was installed, formats on the stack and calls write, glibc's
+//! backtrace (its unwinder loaded beforehand) and _exit.
 
 use super::rules::{self, Syscall};
 use super::{FilterKind, EXIT_BAD_SYSCALL};
@@ -35,9 +38,23 @@ pub(super) fn install_names_for_tests() {
     NAMES.get_or_init(rules::known_syscalls);
 }
 
+extern "C" {
+    // glibc's <execinfo.h> (not in the libc crate).
+    fn backtrace(buffer: *mut *mut libc::c_void, size: libc::c_int) -> libc::c_int;
+    fn backtrace_symbols_fd(buffer: *const *mut libc::c_void, size: libc::c_int, fd: libc::c_int);
+}
+
+/// Return addresses a violation report shows at most.
+const BACKTRACE_DEPTH: usize = 48;
+
 /// Installs the SIGSYS handler.
 pub(super) fn install_handler() -> std::io::Result<()> {
     NAMES.get_or_init(rules::known_syscalls);
+    // The first backtrace loads glibc's unwinder (libgcc_s), which opens
+    // files: done here, before any filter, so the handler's need not.
+    let mut warm_up = [std::ptr::null_mut(); 2];
+    // SAFETY: backtrace writes at most 2 addresses into the 2-slot buffer.
+    unsafe { backtrace(warm_up.as_mut_ptr(), 2) };
     vmm_sys_util::signal::register_signal_handler(libc::SIGSYS, on_sigsys)
         .map_err(|err| std::io::Error::from_raw_os_error(err.errno()))
 }
@@ -84,10 +101,16 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     let mut line = StackLine::default();
     message(thread, kind, nr, &mut line);
     let _ = line.write_str("\n");
+    let mut frames = [std::ptr::null_mut(); BACKTRACE_DEPTH];
     // SAFETY: write and _exit are async-signal-safe; the buffer is ours and
-    // `len` bytes of it are initialised.
+    // `len` bytes of it are initialised. backtrace writes at most
+    // BACKTRACE_DEPTH addresses into `frames` (its unwinder was loaded
+    // before any filter) and backtrace_symbols_fd writes that many to
+    // stderr without allocating; the process ends right after.
     unsafe {
         libc::write(libc::STDERR_FILENO, line.bytes.as_ptr().cast(), line.len);
+        let depth = backtrace(frames.as_mut_ptr(), BACKTRACE_DEPTH as libc::c_int);
+        backtrace_symbols_fd(frames.as_ptr(), depth, libc::STDERR_FILENO);
         libc::_exit(EXIT_BAD_SYSCALL);
     }
 }

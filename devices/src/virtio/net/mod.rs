@@ -141,7 +141,9 @@ pub struct Net {
     tap: Box<dyn FrameBackend>,
     mac: Option<[u8; 6]>,
     acked_features: u64,
-    config: [u8; 10],
+    /// MAC (0..6), status (6..8), max queue pairs (8..10), MTU (10..12).
+    config: [u8; 12],
+    mtu: Option<u16>,
     active: Option<Active>,
     events: VirtioEvents,
     tap_watched: bool,
@@ -182,7 +184,7 @@ impl Net {
         rx_limiter: RateLimiter,
         tx_limiter: RateLimiter,
     ) -> io::Result<Self> {
-        let mut config = [0u8; 10];
+        let mut config = [0u8; 12];
         config[..6].copy_from_slice(&mac.unwrap_or_default());
         config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
         config[8..10].copy_from_slice(&1u16.to_le_bytes());
@@ -191,6 +193,7 @@ impl Net {
             mac,
             acked_features: 0,
             config,
+            mtu: None,
             active: None,
             events: VirtioEvents::new()?,
             tap_watched: false,
@@ -201,6 +204,14 @@ impl Net {
             rx_limiter,
             tx_limiter,
         })
+    }
+
+    /// Offers `mtu` to the guest (`VIRTIO_NET_F_MTU`; its driver then sets
+    /// the interface's MTU), or nothing when `None`, the guest's default.
+    pub fn with_mtu(mut self, mtu: Option<u16>) -> Self {
+        self.mtu = mtu;
+        self.config[10..12].copy_from_slice(&mtu.unwrap_or(0).to_le_bytes());
+        self
     }
 
     /// Changes the rate limits of both directions at runtime (a PATCH),
@@ -522,6 +533,9 @@ impl VirtioDevice for Net {
         .fold(0, |acc, bit| acc | (1u64 << bit));
         if self.mac.is_some() {
             features |= 1 << VIRTIO_NET_F_MAC;
+        }
+        if self.mtu.is_some() {
+            features |= 1 << VIRTIO_NET_F_MTU;
         }
         features | super::VIRTIO_F_VERSION_1 | super::VIRTIO_RING_F_EVENT_IDX
     }

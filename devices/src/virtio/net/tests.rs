@@ -290,6 +290,23 @@ fn config_space_has_mac_and_link_up() {
     );
     assert_ne!(f.net.offered_features() & (1 << VIRTIO_NET_F_MAC), 0);
     assert_ne!(f.net.offered_features() & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
+    assert_eq!(
+        f.net.offered_features() & (1 << VIRTIO_NET_F_MTU),
+        0,
+        "no MTU offered unless configured"
+    );
+}
+
+#[test]
+fn a_configured_mtu_is_offered_in_config_space() {
+    let (backend, _peer) = socket_pair().unwrap();
+    let net = Net::new(Box::new(backend), None)
+        .unwrap()
+        .with_mtu(Some(9000));
+    assert_ne!(net.offered_features() & (1 << VIRTIO_NET_F_MTU), 0);
+    let mut mtu = [0u8; 2];
+    net.read_config(10, &mut mtu);
+    assert_eq!(u16::from_le_bytes(mtu), 9000);
 }
 
 /// With EVENT_IDX and mergeable buffers: a frame larger than all the RX
