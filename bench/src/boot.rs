@@ -1,6 +1,9 @@
 //! Boot benchmark: time from spawning the VMM to the guest init's marker on
 //! the serial console, and the VMM's own memory at that moment, for brique
 //! and for QEMU's microvm machine, booting the same kernel and initramfs.
+//! brique also runs with `--boot-timer`: the guest's init writes to the
+//! boot timer device first thing, and brique logs the time since it
+//! started (`Guest-boot-time = ...`), which the benchmark reports too.
 
 use crate::smaps;
 use std::io::{BufRead, BufReader};
@@ -104,6 +107,18 @@ pub struct BootSample {
     pub time_to_init: Duration,
     /// VMM memory at that moment.
     pub memory: smaps::VmmMemory,
+    /// What the VMM's boot timer logged (brique with `--boot-timer`).
+    pub boot_timer: Option<Duration>,
+}
+
+/// The line brique's boot timer logs, as Firecracker's does.
+const BOOT_TIMER_LINE: &str = "Guest-boot-time = ";
+
+/// The boot time in a `Guest-boot-time = <us> us ...` log line.
+pub fn boot_timer_value(line: &str) -> Option<Duration> {
+    let rest = &line[line.find(BOOT_TIMER_LINE)? + BOOT_TIMER_LINE.len()..];
+    let micros: u64 = rest.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_micros(micros))
 }
 
 /// The kernel command line with the guest's console on `console`; the
@@ -148,7 +163,11 @@ pub fn brique_command(brique: &PathBuf, setup: &BootSetup) -> Result<Command, Bo
             "machine-config": {{"vcpu_count": {}, "mem_size_mib": {}}}}}"#,
         setup.kernel,
         setup.initrd,
-        kernel_args(setup, "ttyS0"),
+        format!(
+            "{} brique_boot_timer={:#x}",
+            kernel_args(setup, "ttyS0"),
+            brique_vmm::arch::BOOT_TIMER_START
+        ),
         setup.vcpus,
         setup.mem_mib
     );
@@ -157,7 +176,13 @@ pub fn brique_command(brique: &PathBuf, setup: &BootSetup) -> Result<Command, Bo
         source,
     })?;
     let mut command = Command::new(brique);
-    command.arg("--no-api").arg("--config-file").arg(config);
+    command
+        .arg("--no-api")
+        .arg("--boot-timer")
+        // The timer's line is logged at Info.
+        .args(["--level", "Info"])
+        .arg("--config-file")
+        .arg(config);
     Ok(command)
 }
 
@@ -244,7 +269,7 @@ pub fn measure(
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
     let start = Instant::now();
     let mut running = Running {
         child: command
@@ -252,6 +277,7 @@ pub fn measure(
             .map_err(|source| BootBenchError::Spawn { vmm, source })?,
     };
     let (received, _reader) = forward_console(&mut running.child);
+    let boot_timer = watch_boot_timer(&mut running.child);
 
     let mut tail: Vec<String> = Vec::new();
     let time_to_init = loop {
@@ -278,10 +304,31 @@ pub fn measure(
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
         .map_err(|source| BootBenchError::Smaps { pid, source })?;
     let memory = smaps::vmm_memory(&smaps::parse(&text), u64::from(setup.mem_mib) * 1024);
+    // The timer's line was logged before the marker was printed; its reader
+    // may be a moment behind.
+    let boot_timer = boot_timer.recv_timeout(Duration::from_secs(1)).ok();
     Ok(BootSample {
         time_to_init,
         memory,
+        boot_timer,
     })
+}
+
+/// Reads the VMM's stderr until it closes; sends the first boot timer value.
+fn watch_boot_timer(child: &mut Child) -> mpsc::Receiver<Duration> {
+    let stderr = child.stderr.take();
+    let (found, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let Some(stderr) = stderr else { return };
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let (false, Some(value)) = (sent, boot_timer_value(&line)) {
+                sent = found.send(value).is_ok();
+            }
+        }
+    });
+    receiver
 }
 
 #[cfg(test)]
@@ -307,6 +354,14 @@ mod tests {
             .get_args()
             .map(|arg| arg.to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[test]
+    fn the_boot_timer_line_gives_its_microseconds() {
+        let line = "2026-12-02T10:00:00.000 [brique:INFO] Guest-boot-time =  81234 us 81 ms, 50000 CPU us 50 CPU ms";
+        assert_eq!(boot_timer_value(line), Some(Duration::from_micros(81_234)));
+        assert_eq!(boot_timer_value("Guest-boot-time = soon"), None);
+        assert_eq!(boot_timer_value("something else"), None);
     }
 
     #[test]
