@@ -278,8 +278,12 @@ chmod +x "$stage/init" "$stage/brique/cmd.sh"
 
 # hang_report QEMU_PID MONITOR: what a hung test host's QEMU is doing: each
 # QEMU thread's state and CPU time twice, 5 s apart (a spinning software CPU
-# or a blocked one), the emulated CPUs' registers from QEMU's monitor (where
-# the test host, or its guest, is stuck), and QEMU's thread backtraces.
+# or a blocked one), the emulated CPUs' local APIC (is a timer armed?) and
+# registers from QEMU's monitor (where the test host, or its guest, is
+# stuck), and QEMU's thread backtraces. The first one caught (CI, x86_64)
+# showed an idle test host: its one CPU halted in the kernel's idle loop,
+# QEMU's vCPU thread waiting for an interrupt, its main loop all but idle:
+# a wake-up (timer) interrupt that never came.
 hang_report() {
     pid="$1" monitor="$2"
     echo "=== hang report: QEMU pid $pid, $(date -u +%T) ==="
@@ -292,10 +296,10 @@ hang_report() {
     done
     if command -v socat > /dev/null; then
         echo "--- QEMU monitor ---"
-        printf 'info status\ninfo cpus\ninfo registers -a\n' \
+        printf 'info status\ninfo cpus\ninfo lapic\ninfo registers -a\n' \
             | timeout 10 socat -t 5 - "UNIX-CONNECT:$monitor" 2>&1 \
             | tr -d '\r' | grep -v -E '^(\(qemu\)|QEMU .* monitor|FPR|YMM|XMM|FCW|DR[0-7])' \
-            | head -n 120
+            | head -n 160
     else
         echo "(no socat: QEMU's monitor not read; resources/install-deps.sh installs it)"
     fi
