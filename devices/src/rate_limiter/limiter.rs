@@ -20,9 +20,11 @@ use super::config::{BucketUpdate, RateLimiterConfig, RateLimiterUpdate, TokenBuc
 use super::counters::ThrottleCounters;
 use super::timer::{RefillTimer, TimerError};
 use super::TokenKind;
+use event_manager::{EventOps, Events};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vmm_sys_util::epoll::EventSet;
 
 /// The shortest wait after a refusal: bounds a throttled device to 1000
 /// timer events a second, whatever the refill rate.
@@ -184,6 +186,20 @@ impl RateLimiter {
     /// The fd to watch for readability: the refill timer.
     pub fn timer_fd(&self) -> RawFd {
         self.timer.as_raw_fd()
+    }
+
+    /// Has the device's event loop watch the refill timer (from the
+    /// device's `init`; `device` names it in the error).
+    pub fn watch(&self, ops: &mut EventOps, device: &str) {
+        if let Err(err) = ops.add(Events::new_raw(self.timer_fd(), EventSet::IN)) {
+            log::error!("{device}: cannot watch a rate limiter: {err:?}");
+        }
+    }
+
+    /// Whether `events` is this limiter's timer releasing the device, which
+    /// should then resume (see [`RateLimiter::on_timer_event`]).
+    pub fn released_by(&mut self, events: &Events) -> bool {
+        events.fd() == self.timer_fd() && self.on_timer_event()
     }
 
     /// To call when [`RateLimiter::timer_fd`] is readable. Returns whether

@@ -5,11 +5,8 @@ use super::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// Smallest context id a guest may have (0-2 are the hypervisor, the local
-/// loopback and the host).
-pub const MIN_GUEST_CID: u64 = 3;
-/// Largest: context ids are 32-bit in Linux and in Firecracker's API.
-pub const MAX_GUEST_CID: u64 = u32::MAX as u64;
+/// The context ids a guest may have: the device's own bounds.
+pub use brique_devices::virtio::vsock::device::{MAX_GUEST_CID, MIN_GUEST_CID};
 /// Longest `uds_path` in bytes: a socket address holds 107 bytes and a NUL,
 /// and guest connections go to `<uds_path>_<port>`, up to 11 bytes more.
 pub const MAX_UDS_PATH_BYTES: usize = 107 - 11;

@@ -25,7 +25,6 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::Bytes;
-use vmm_sys_util::epoll::EventSet;
 
 /// Descriptors per queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -338,21 +337,14 @@ impl VirtioDevice for Block {
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
         self.events.watch(ops, "virtio-blk");
-        let timer = Events::new_raw(self.rate_limiter.timer_fd(), EventSet::IN);
-        if let Err(err) = ops.add(timer) {
-            log::error!("virtio-blk: cannot watch the rate limiter: {err:?}");
-        }
+        self.rate_limiter.watch(ops, "virtio-blk");
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match self.events.classify(&events, ops) {
             // On activation: requests the driver queued before we watched.
             VirtioEvent::Activated | VirtioEvent::Notified(_) => self.process_queue(),
-            VirtioEvent::Other if events.fd() == self.rate_limiter.timer_fd() => {
-                if self.rate_limiter.on_timer_event() {
-                    self.process_queue();
-                }
-            }
+            VirtioEvent::Other if self.rate_limiter.released_by(&events) => self.process_queue(),
             VirtioEvent::Other => {}
         }
     }

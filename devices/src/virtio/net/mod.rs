@@ -598,11 +598,8 @@ impl VirtioDevice for Net {
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
         self.events.watch(ops, "virtio-net");
-        for limiter in [&self.rx_limiter, &self.tx_limiter] {
-            if let Err(err) = ops.add(Events::new_raw(limiter.timer_fd(), EventSet::IN)) {
-                log::error!("virtio-net: cannot watch a rate limiter: {err:?}");
-            }
-        }
+        self.rx_limiter.watch(ops, "virtio-net");
+        self.tx_limiter.watch(ops, "virtio-net");
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -616,16 +613,8 @@ impl MutEventSubscriber for Net {
             VirtioEvent::Notified(RX_QUEUE) => self.rx_and_watch(ops),
             VirtioEvent::Notified(_) => self.process_tx(),
             VirtioEvent::Other if events.fd() == self.tap.as_raw_fd() => self.rx_and_watch(ops),
-            VirtioEvent::Other if events.fd() == self.rx_limiter.timer_fd() => {
-                if self.rx_limiter.on_timer_event() {
-                    self.rx_and_watch(ops);
-                }
-            }
-            VirtioEvent::Other if events.fd() == self.tx_limiter.timer_fd() => {
-                if self.tx_limiter.on_timer_event() {
-                    self.process_tx();
-                }
-            }
+            VirtioEvent::Other if self.rx_limiter.released_by(&events) => self.rx_and_watch(ops),
+            VirtioEvent::Other if self.tx_limiter.released_by(&events) => self.process_tx(),
             VirtioEvent::Other => {}
         }
     }

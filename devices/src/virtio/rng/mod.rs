@@ -14,7 +14,6 @@ use std::sync::Arc;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
-use vmm_sys_util::epoll::EventSet;
 
 /// Descriptors in the queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -264,20 +263,13 @@ impl VirtioDevice for Entropy {
 impl MutEventSubscriber for Entropy {
     fn init(&mut self, ops: &mut EventOps) {
         self.events.watch(ops, "virtio-rng");
-        let timer = Events::new_raw(self.rate_limiter.timer_fd(), EventSet::IN);
-        if let Err(err) = ops.add(timer) {
-            log::error!("virtio-rng: cannot watch the rate limiter: {err:?}");
-        }
+        self.rate_limiter.watch(ops, "virtio-rng");
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match self.events.classify(&events, ops) {
             VirtioEvent::Activated | VirtioEvent::Notified(_) => self.process_queue(),
-            VirtioEvent::Other if events.fd() == self.rate_limiter.timer_fd() => {
-                if self.rate_limiter.on_timer_event() {
-                    self.process_queue();
-                }
-            }
+            VirtioEvent::Other if self.rate_limiter.released_by(&events) => self.process_queue(),
             VirtioEvent::Other => {}
         }
     }
