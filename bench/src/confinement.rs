@@ -193,7 +193,7 @@ fn start_once(
     };
     let socket = root.join("api.sock");
     let mut client = loop {
-        if let Ok(client) = ApiClient::connect(&socket, Duration::from_millis(1)) {
+        if let Ok(client) = ApiClient::connect(&socket, Duration::ZERO) {
             break client;
         }
         if started_at.elapsed() > Duration::from_secs(10) {
