@@ -359,6 +359,7 @@ impl Controller {
                 "boot resources were configured",
             ));
         }
+        let started = std::time::Instant::now();
         let memory_path = params.memory_file().map_err(ControllerError::LoadRequest)?;
         let state = persist::read_state(&params.snapshot_path)?;
         state.check(&self.limits)?;
@@ -379,8 +380,9 @@ impl Controller {
         self.machine = Some(machine);
         self.config = config;
         log::info!(
-            "snapshot {} loaded ({})",
+            "snapshot {} loaded in {:.1} ms ({})",
             params.snapshot_path.display(),
+            started.elapsed().as_secs_f64() * 1e3,
             if options.resume { "running" } else { "paused" }
         );
         Ok(VmmData::Empty)
