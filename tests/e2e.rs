@@ -46,7 +46,7 @@ echo CONTENTION_DONE";
 /// test host's KVM, which runs the holder, which kicks the waiter.
 fn two_vcpus_contending_for_kernel_locks_keep_running(arch: HostArch) {
     let script = format!(
-        r#"boot_case contention 2 256 "$GUEST_KERNEL" "$DEFAULT_ARGS brique_run=\"{LOCK_CONTENTION}\"""#
+        r#"boot_case contention 2 256 "$GUEST_KERNEL" "$DEFAULT_ARGS"' brique_run=\"{LOCK_CONTENTION}\"'"#
     );
     let run = run_in_test_host_on(arch, &script, &[]);
     let case = run.case("contention");
