@@ -283,7 +283,10 @@ chmod +x "$stage/init" "$stage/brique/cmd.sh"
 # stuck), and QEMU's thread backtraces. The first one caught (CI, x86_64)
 # showed an idle test host: its one CPU halted in the kernel's idle loop,
 # QEMU's vCPU thread waiting for an interrupt, its main loop all but idle:
-# a wake-up (timer) interrupt that never came.
+# a wake-up (timer) interrupt that never came. Later ones showed the CPU in
+# brique's guest, spinning on a lock with interrupts off, the test host's
+# timer pending in IRR (what the guest's paravirtual spinlocks ended), and
+# once a guest spinning while the test host stayed alive.
 hang_report() {
     pid="$1" monitor="$2"
     echo "=== hang report: QEMU pid $pid, $(date -u +%T) ==="
