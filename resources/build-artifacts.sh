@@ -7,6 +7,9 @@
 #   GUEST_ROOTFS      ext4 image with the same busybox userland (mkfs.ext4 -d)
 #   TESTHOST_KERNEL   Debian cloud kernel for the nested-KVM test host
 #   TESTHOST_MODULES  folder with the kvm modules that kernel needs
+#   TESTHOST_QEMU     qemu-system-x86_64 that runs the test host: Debian's,
+#                     rebuilt with a fix (testhost-qemu/, see below)
+#   TESTHOST_QEMU_DATADIR  its firmware folder (-L)
 # With --aarch64 (x86_64 and arm64) or --aarch64-only (arm64 alone: what
 # `testhost.sh --arch aarch64` asks for), also the arm64 artifacts, so that
 # x86_64-only runs do not pay for them:
@@ -285,6 +288,53 @@ build_testhost_kernel() {
 }
 if [ "$want_x86" = 1 ]; then build_into "$testhost_dir" build_testhost_kernel; fi
 
+# ------------------------------------------------- the x86_64 test host's QEMU
+# Debian's QEMU (the installed qemu-system-x86, backports' 10.0) rebuilt from
+# its Debian source with testhost-qemu/*.patch, x86_64 system emulator only.
+# The fix: its VMRUN updated the CPU's interrupt-request word without the
+# lock every other writer holds, so it could drop the I/O thread's request to
+# take the local APIC timer's interrupt; the test host, one CPU whose only
+# interrupt source is that timer, then froze for good (issue 8; the patch's
+# header says how). The data dir (-L) links Debian's SeaBIOS and QEMU's
+# option ROMs, which the +ds source leaves out.
+if [ "$want_x86" = 1 ]; then
+    testhost_qemu_version="$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)"
+    [ -n "$testhost_qemu_version" ] || { log "qemu-system-x86 is not installed"; exit 1; }
+    testhost_qemu_key="$(cache_key build_testhost_qemu "$testhost_qemu_version" \
+        "$(cat "$here"/testhost-qemu/*.patch)")"
+    testhost_qemu_dir="$cache/testhost-qemu-$testhost_qemu_key"
+fi
+
+build_testhost_qemu() {
+    local out="$1" tmp
+    tmp="$(mktemp -d)"
+    log "building the test host's QEMU from the source of qemu $testhost_qemu_version (a few minutes, once)"
+    # apt checks the tarball against the signed source index.
+    (cd "$tmp" && apt-get source -q --download-only --tar-only "qemu=$testhost_qemu_version" >&2)
+    tar -xf "$tmp"/qemu_*.orig.tar.* -C "$tmp"
+    local src
+    src="$(find "$tmp" -mindepth 1 -maxdepth 1 -type d -name 'qemu-*')"
+    for patch in "$here"/testhost-qemu/*.patch; do
+        patch -d "$src" -p1 --forward --quiet < "$patch" >&2 \
+            || { log "$(basename "$patch") does not apply to qemu $testhost_qemu_version"; exit 1; }
+    done
+    mkdir "$src/build"
+    # Debian's python3 (meson's), whatever python3 comes first in PATH.
+    (cd "$src/build" && ../configure --python=/usr/bin/python3 --target-list=x86_64-softmmu \
+        --without-default-features --disable-docs --disable-werror --disable-user \
+        --enable-fdt=system --disable-install-blobs > "$tmp/configure.log" 2>&1) \
+        || { tail -n 30 "$tmp/configure.log" >&2; log "configuring QEMU failed"; exit 1; }
+    ninja -C "$src/build" -j "$jobs" qemu-system-x86_64 > "$tmp/build.log" 2>&1 \
+        || { tail -n 30 "$tmp/build.log" >&2; log "building QEMU failed"; exit 1; }
+    mkdir -p "$out/bin" "$out/share"
+    cp "$src/build/qemu-system-x86_64" "$out/bin/"
+    local f
+    for f in /usr/share/qemu/* /usr/share/seabios/*; do ln -sf "$f" "$out/share/"; done
+    "$out/bin/qemu-system-x86_64" --version | head -n1 >&2
+    rm -rf "$tmp"
+}
+if [ "$want_x86" = 1 ]; then build_into "$testhost_qemu_dir" build_testhost_qemu; fi
+
 if [ "$want_x86" = 1 ]; then
     echo "GUEST_VMLINUX=$guest_kernel_dir/vmlinux"
     echo "GUEST_BZIMAGE=$guest_kernel_dir/bzImage"
@@ -292,6 +342,8 @@ if [ "$want_x86" = 1 ]; then
     echo "GUEST_ROOTFS=$userland_dir/rootfs.ext4"
     echo "TESTHOST_KERNEL=$testhost_dir/vmlinuz"
     echo "TESTHOST_MODULES=$testhost_dir/modules"
+    echo "TESTHOST_QEMU=$testhost_qemu_dir/bin/qemu-system-x86_64"
+    echo "TESTHOST_QEMU_DATADIR=$testhost_qemu_dir/share"
 fi
 [ "$want_aarch64" = 1 ] || exit 0
 

@@ -29,11 +29,15 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 
-# Taken from bookworm-backports (see above).
-backports_packages=(qemu-system-x86)
+# Taken from bookworm-backports (see above); meson and pycotap too, because
+# the x86_64 test host's QEMU is built from that QEMU's source with a fix
+# (build-artifacts.sh, testhost-qemu/), and QEMU 10.0 needs meson >= 1.5.
+backports_packages=(qemu-system-x86 meson python3-pycotap)
 packages=(
     # test host (nested KVM under QEMU's software CPU) and the QEMU microvm peer
-    "${backports_packages[@]}" busybox-static cpio gzip procps
+    "${backports_packages[@]}" busybox-static cpio gzip procps seabios
+    # building the test host's QEMU (see above)
+    ninja-build libglib2.0-dev libpixman-1-dev libfdt-dev python3-venv pkg-config
     # guest kernel build from Debian's linux-source-6.1
     build-essential flex bison bc libelf-dev libssl-dev xz-utils
     # rootfs images and host-side checks
@@ -67,13 +71,30 @@ for p in "${packages[@]}"; do
     fi
 done
 
+# QEMU's source from bookworm-backports (apt-get source), for the test host's
+# QEMU: its deb-src entry, once.
+backports_src_list=/etc/apt/sources.list.d/brique-bookworm-backports-src.sources
+if ! apt-get indextargets --no-release-info --format '$(CREATED_BY) $(RELEASE)' 2>/dev/null \
+    | grep -qx 'Sources bookworm-backports'; then
+    echo "install-deps: adding the sources of Debian's bookworm-backports ($backports_src_list) for QEMU's source"
+    $SUDO tee "$backports_src_list" > /dev/null <<'SOURCES'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+    $SUDO apt-get update -q
+fi
+
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "install-deps: all packages present"
     exit 0
 fi
 
 backports_list=/etc/apt/sources.list.d/brique-bookworm-backports.sources
-if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+if ! apt-get indextargets --no-release-info --format '$(CREATED_BY) $(RELEASE)' 2>/dev/null \
+    | grep -qx 'Packages bookworm-backports'; then
     echo "install-deps: adding Debian's bookworm-backports suite ($backports_list) for QEMU"
     $SUDO tee "$backports_list" > /dev/null <<'EOF'
 Types: deb

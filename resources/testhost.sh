@@ -17,6 +17,9 @@
 #   --mem MIB       test host memory (default 3072)
 #   --timeout SECS  kill the test host after SECS (default 900); exit 124
 #   --log FILE      also keep the console in FILE
+# The x86_64 test host runs under Debian's QEMU rebuilt with a fix of ours
+# (testhost-qemu/, built and cached by build-artifacts.sh): unfixed, it can
+# lose the test host's timer interrupt, which froze test hosts (issue 8).
 # For experiments with the emulator itself: BRIQUE_TESTHOST_QEMU names another
 # qemu-system-x86_64 for the test host, BRIQUE_TESTHOST_QEMU_DATADIR its -L
 # (BRIQUE_TESTHOST_AARCH64_QEMU another qemu-system-aarch64);
@@ -89,14 +92,20 @@ fi
 case "$arch" in
     x86_64)
         cpu="${cpu:-${BRIQUE_TESTHOST_CPU:-max}}"
-        testhost_qemu=("${BRIQUE_TESTHOST_QEMU:-qemu-system-x86_64}")
-        [ -n "${BRIQUE_TESTHOST_QEMU_DATADIR:-}" ] && testhost_qemu+=(-L "$BRIQUE_TESTHOST_QEMU_DATADIR")
         machine=(-M q35) console=ttyS0
         brique_bin="${BRIQUE_BIN:-$repo/target/release/brique}"
         [ -x "$brique_bin" ] || {
             echo "testhost.sh: $brique_bin not found: run 'cargo build --release' first" >&2; exit 2; }
         eval "$("$here/build-artifacts.sh")"
         testhost_kernel="$TESTHOST_KERNEL"
+        # Debian's QEMU rebuilt with the fix of testhost-qemu/ (see
+        # build-artifacts.sh), unless another is named.
+        if [ -n "${BRIQUE_TESTHOST_QEMU:-}" ]; then
+            testhost_qemu=("$BRIQUE_TESTHOST_QEMU")
+            [ -n "${BRIQUE_TESTHOST_QEMU_DATADIR:-}" ] && testhost_qemu+=(-L "$BRIQUE_TESTHOST_QEMU_DATADIR")
+        else
+            testhost_qemu=("$TESTHOST_QEMU" -L "$TESTHOST_QEMU_DATADIR")
+        fi
         ;;
     aarch64)
         cpu="${cpu:-${BRIQUE_TESTHOST_AARCH64_CPU:-max,pauth-impdef=on}}"
@@ -285,8 +294,8 @@ chmod +x "$stage/init" "$stage/brique/cmd.sh"
 # QEMU's vCPU thread waiting for an interrupt, its main loop all but idle:
 # a wake-up (timer) interrupt that never came. Later ones showed the CPU in
 # brique's guest, spinning on a lock with interrupts off, the test host's
-# timer pending in IRR (what the guest's paravirtual spinlocks ended), and
-# once a guest spinning while the test host stayed alive.
+# timer pending in IRR, and QEMU's CPU thread polling its interrupt requests
+# in a loop: the timer's request had been lost (testhost-qemu/ fixes it).
 hang_report() {
     pid="$1" monitor="$2"
     echo "=== hang report: QEMU pid $pid, $(date -u +%T) ==="

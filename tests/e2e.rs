@@ -34,19 +34,16 @@ n=0; while [ $n -lt 60 ]; do sleep 1; n=$((n+1)); echo CONTENTION_BEAT $n; done;
 echo CONTENTION_DONE";
 
 /// A guest whose two vCPUs share the x86_64 test host's one CPU, contending
-/// for kernel locks. Without paravirtual spinlocks this wedged the whole
-/// test host (in 1 of 2 such runs, and about one in 15 runs of the
-/// rate-limit test): a vCPU spun in `queued_spin_lock_slowpath` with
-/// interrupts off for a lock its descheduled sibling held; only the test
-/// host's timer could preempt it (QEMU's software CPU offers no PAUSE
-/// filter), and that timer stayed pending in its local APIC (IRR 0xec)
-/// without the exit to the test host's KVM it should cause. The guest
-/// kernel now has `CONFIG_PARAVIRT_SPINLOCKS` (as Firecracker's guest
-/// configs): a queued waiter halts after a bounded spin, the halt exits to
-/// the test host's KVM, which runs the holder, which kicks the waiter. Not
-/// every path is bounded: once in a CI run a booting 2-vCPU guest spun in
-/// `pv_hybrid_queued_unfair_trylock` with interrupts off for minutes, the
-/// test host alive (its timer counting, IRR empty); not explained yet.
+/// for kernel locks. This is what froze whole test hosts (1 of 4 rounds of
+/// it; about one in 15 runs of the rate-limit test): a vCPU spun with
+/// interrupts off for a lock its descheduled sibling held, and the test
+/// host's timer, which alone could preempt it (QEMU's software CPU offers
+/// no PAUSE filter), stayed pending in its local APIC (IRR 0xec) for good.
+/// Root cause: QEMU's VMRUN updated the CPU's interrupt requests without the
+/// lock, losing the I/O thread's request for that timer; the test host's
+/// QEMU is now rebuilt with a fix (resources/testhost-qemu/). The guest
+/// kernel also has `CONFIG_PARAVIRT_SPINLOCKS` (as Firecracker's guest
+/// configs): a queued waiter halts after a bounded spin and the holder runs.
 fn two_vcpus_contending_for_kernel_locks_keep_running(arch: HostArch) {
     let script = format!(
         r#"boot_case contention 2 256 "$GUEST_KERNEL" "$DEFAULT_ARGS"' brique_run=\"{LOCK_CONTENTION}\"'"#

@@ -170,12 +170,10 @@ pub fn run_in_test_host_on(arch: HostArch, script: &str, files: &[(&str, &[u8])]
     // A test host that stops answering is stopped after HOST_TIMEOUT_SECS
     // and tried once more, loudly, with its hang report (resources/
     // testhost.sh), so that the evidence reaches the run's summary; every
-    // assertion still applies to the run that finished. The wedge it was
-    // first for (a guest vCPU spinning with interrupts off for a lock its
-    // descheduled sibling held, the test host's timer never taking it out)
-    // ended with the guest's paravirtual spinlocks; a rarer guest stall
-    // remains (see two_vcpus_contending_for_kernel_locks_keep_running in
-    // tests/e2e.rs).
+    // assertion still applies to the run that finished. The freezes it was
+    // first for (the test host's timer interrupt lost by its QEMU) are
+    // fixed in the QEMU that runs it (see
+    // two_vcpus_contending_for_kernel_locks_keep_running in tests/e2e.rs).
     let mut attempt = 1;
     let (status, console, console_log) = loop {
         let console_log = console_log_path(&root, attempt);
