@@ -6,7 +6,8 @@
 //!
 //! The guest's init first fills part of its tmpfs with non-zero data (the
 //! "touched" memory of a size), then prints `SNAPBENCH_COUNT=<n>` every
-//! 100 ms on its serial console. Measured for each VMM, size and run:
+//! [`COUNT_PERIOD_MS`] on its serial console. Measured for each VMM, size
+//! and run:
 //! - create: the save request alone, the guest already paused (brique: `PUT
 //!   /snapshot/create` Full; QEMU: `migrate` to the MIGRATION `completed`
 //!   event);
@@ -15,8 +16,10 @@
 //! - restore: from sending the load request (brique: `PUT /snapshot/load`
 //!   with `resume_vm`; QEMU: `migrate-incoming`, then `cont` once it
 //!   completed) to the first counter line the restored guest prints; the
-//!   guest sleeps 100 ms between lines, so up to that much of it is the
-//!   guest's own wait, alike for both. Also from the restoring process's
+//!   guest sleeps between lines, so up to [`COUNT_PERIOD_MS`] of it is the
+//!   guest's own wait, alike for both (the period is short to keep that
+//!   wait, which is no VMM's work, from blurring the measure). Also from
+//!   the restoring process's
 //!   spawn, and that process's RSS at that line.
 //!
 //! Also the restoring VMM's page faults from the guest running again to
@@ -48,6 +51,9 @@ use report::Samples;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// How long the guest sleeps between two counts (busybox `usleep`).
+const COUNT_PERIOD_MS: u32 = 10;
 
 /// What the guest prints before each count.
 const COUNTER: &str = "SNAPBENCH_COUNT=";
@@ -168,7 +174,8 @@ fn guest_run(size: GuestSize) -> String {
             size.touch_mib
         )
     };
-    format!("{fill}n=0; while true; do echo {COUNTER}$n; n=$((n+1)); usleep 100000; done")
+    let period_us = COUNT_PERIOD_MS * 1000;
+    format!("{fill}n=0; while true; do echo {COUNTER}$n; n=$((n+1)); usleep {period_us}; done")
 }
 
 impl Options {
