@@ -7,7 +7,7 @@
 
 use crate::smaps;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -155,8 +155,13 @@ pub fn brique_config(setup: &BootSetup) -> PathBuf {
     setup.scratch.join("brique-bench-vm.json")
 }
 
-/// The brique command for `setup` (its config written in `setup.scratch`).
-pub fn brique_command(brique: &PathBuf, setup: &BootSetup) -> Result<Command, BootBenchError> {
+/// The brique command for `setup` (its config written in `setup.scratch`),
+/// serving its API on `api_sock`, or on no socket at all.
+pub fn brique_command(
+    brique: &PathBuf,
+    setup: &BootSetup,
+    api_sock: Option<&Path>,
+) -> Result<Command, BootBenchError> {
     let config = brique_config(setup);
     let json = format!(
         r#"{{"boot-source": {{"kernel_image_path": {:?}, "initrd_path": {:?}, "boot_args": {:?}}},
@@ -176,8 +181,11 @@ pub fn brique_command(brique: &PathBuf, setup: &BootSetup) -> Result<Command, Bo
         source,
     })?;
     let mut command = Command::new(brique);
+    match api_sock {
+        Some(sock) => command.arg("--api-sock").arg(sock),
+        None => command.arg("--no-api"),
+    };
     command
-        .arg("--no-api")
         .arg("--boot-timer")
         // The timer's line is logged at Info.
         .args(["--level", "Info"])

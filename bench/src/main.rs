@@ -186,7 +186,7 @@ fn run_stability(
     for run in 1..=runs {
         for (name, tally) in [("brique", &mut brique), ("qemu", &mut qemu)] {
             let command = if name == "brique" {
-                boot::brique_command(&vmms.brique, setup)?
+                boot::brique_command(&vmms.brique, setup, None)?
             } else {
                 boot::qemu_command(&vmms.qemu, vmms.qemu_datadir.as_ref(), setup)
             };
@@ -313,7 +313,7 @@ fn run_boot(runs: u32, vmms: &Vmms, setup: &boot::BootSetup) -> Result<(), boot:
     let mut qemu_samples = Vec::new();
     // Interleaved, so that drift in the host affects both alike.
     for run in 1..=runs {
-        let b = boot::measure("brique", boot::brique_command(brique, setup)?, setup)?;
+        let b = boot::measure("brique", boot::brique_command(brique, setup, None)?, setup)?;
         let q = boot::measure("qemu", boot::qemu_command(qemu, qemu_datadir, setup), setup)?;
         println!(
             "run {run}/{runs}: brique {:.0} ms, {} KiB overhead | {peer} {:.0} ms, {} KiB overhead",

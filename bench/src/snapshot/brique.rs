@@ -50,9 +50,11 @@ pub fn measure(options: &Options, size: GuestSize, dir: &Path) -> Result<Sample>
     let command = || -> Result<Command> {
         // A killed brique leaves its socket behind.
         let _ = std::fs::remove_file(&source_sock);
-        let mut command = boot::brique_command(&options.vmms.brique, &setup)?;
-        command.arg("--api-sock").arg(&source_sock);
-        Ok(command)
+        Ok(boot::brique_command(
+            &options.vmms.brique,
+            &setup,
+            Some(&source_sock),
+        )?)
     };
     let source_err = scratch.path(dir, "brique-source.stderr");
     let (mut source, boot_retried) = boot_counting("brique", command, &source_err, timeout)?;
