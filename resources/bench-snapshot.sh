@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Snapshot benchmark, brique vs QEMU microvm (the peer), in one test host run:
-# the same kernel and initramfs, a guest that prints a count every 100 ms,
+# the same kernel and initramfs, a guest that prints a count every 10 ms,
 # saved while paused and restored in a fresh VMM process, N times per VMM and
 # guest size (interleaved). brique: PATCH /vm Paused, PUT /snapshot/create
 # (Full), then PUT /snapshot/load with resume_vm in a new brique. QEMU: QMP
