@@ -71,11 +71,18 @@ for p in "${packages[@]}"; do
     fi
 done
 
+# Whether apt is configured for bookworm-backports' index of kind $1
+# (Packages: binaries; Sources: deb-src), from its sources as written (no
+# `apt-get update` needed).
+has_backports_index() {
+    apt-get indextargets --no-release-info --format '$(CREATED_BY) $(RELEASE)' 2>/dev/null \
+        | grep -qx "$1 bookworm-backports"
+}
+
 # QEMU's source from bookworm-backports (apt-get source), for the test host's
 # QEMU: its deb-src entry, once.
 backports_src_list=/etc/apt/sources.list.d/brique-bookworm-backports-src.sources
-if ! apt-get indextargets --no-release-info --format '$(CREATED_BY) $(RELEASE)' 2>/dev/null \
-    | grep -qx 'Sources bookworm-backports'; then
+if ! has_backports_index Sources; then
     echo "install-deps: adding the sources of Debian's bookworm-backports ($backports_src_list) for QEMU's source"
     $SUDO tee "$backports_src_list" > /dev/null <<'SOURCES'
 Types: deb-src
@@ -93,8 +100,7 @@ if [ "${#missing[@]}" -eq 0 ]; then
 fi
 
 backports_list=/etc/apt/sources.list.d/brique-bookworm-backports.sources
-if ! apt-get indextargets --no-release-info --format '$(CREATED_BY) $(RELEASE)' 2>/dev/null \
-    | grep -qx 'Packages bookworm-backports'; then
+if ! has_backports_index Packages; then
     echo "install-deps: adding Debian's bookworm-backports suite ($backports_list) for QEMU"
     $SUDO tee "$backports_list" > /dev/null <<'EOF'
 Types: deb
