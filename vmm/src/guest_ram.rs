@@ -262,11 +262,13 @@ const FREE_HUGE_PAGES: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hu
 /// had touched, not its size. Where the kernel lacks it, pages come on
 /// first touch as before.
 fn map_saved_pages(mapping: &Mapping, file: &File, offset: u64) {
+    let started = std::time::Instant::now();
     let end = offset + mapping.len as u64;
     let mut at = offset;
+    let mut mapped = 0u64;
     while at < end {
         let Some((data, hole)) = next_data(file, at, end) else {
-            return;
+            break;
         };
         let start = mapping.addr + (data - offset) as usize;
         let len = (hole - data) as usize;
@@ -281,8 +283,14 @@ fn map_saved_pages(mapping: &Mapping, file: &File, offset: u64) {
             );
             return;
         }
+        mapped += hole - data;
         at = hole;
     }
+    log::debug!(
+        "memory file: {:.1} MiB of saved pages mapped ahead in {:.1} ms",
+        mapped as f64 / f64::from(1 << 20),
+        started.elapsed().as_secs_f64() * 1e3
+    );
 }
 
 /// The next data range of `file` at or after `from`, before `end`.

@@ -16,6 +16,7 @@ pub mod logger;
 pub mod machine;
 pub mod metrics;
 pub mod persist;
+pub mod phases;
 pub mod seccomp;
 pub mod threads;
 pub mod vcpu;

@@ -85,9 +85,13 @@ pub fn measure(options: &Options, size: GuestSize, dir: &Path) -> Result<Sample>
     let restore_sock = scratch.path(dir, "brique-restore.sock");
     let restore_err = scratch.path(dir, "brique-restore.stderr");
     let mut command = Command::new(&options.vmms.brique);
-    command.arg("--api-sock").arg(&restore_sock);
+    // Debug: brique logs where the load's time went, printed below.
+    command
+        .arg("--api-sock")
+        .arg(&restore_sock)
+        .args(["--level", "Debug"]);
     let spawned = Instant::now();
-    let mut restored = Vmm::spawn("brique (restored)", command, restore_err)?;
+    let mut restored = Vmm::spawn("brique (restored)", command, restore_err.clone())?;
     let mut api = api_connect(&mut restored, &restore_sock, timeout)?;
     let body = format!(
         r#"{{"snapshot_path": {state:?}, "mem_backend": {{"backend_type": "File", "backend_path": {memory:?}}}, "resume_vm": true}}"#
@@ -100,5 +104,19 @@ pub fn measure(options: &Options, size: GuestSize, dir: &Path) -> Result<Sample>
         last,
         boot_retried,
     };
-    sample_after_resume(&mut restored, saved, spawned, start, timeout)
+    let sample = sample_after_resume(&mut restored, saved, spawned, start, timeout)?;
+    print_load_phases(&restore_err);
+    Ok(sample)
+}
+
+/// The restored brique's own account of its load: how long each step
+/// took and how much of the memory file it mapped ahead.
+fn print_load_phases(stderr: &Path) {
+    let log = std::fs::read_to_string(stderr).unwrap_or_default();
+    for line in log
+        .lines()
+        .filter(|line| line.contains("loaded in") || line.contains("saved pages mapped ahead"))
+    {
+        println!("  brique: {}", line.trim());
+    }
 }

@@ -19,6 +19,7 @@ use crate::machine::{
 };
 use crate::metrics::{MetricsError, MetricsWriter};
 use crate::persist::{self, SnapshotCreateParams, SnapshotError, SnapshotLoadParams};
+use crate::phases::Phases;
 use brique_devices::rate_limiter::{RateLimiterConfig, RateLimiterUpdate};
 
 /// The Firecracker API version whose paths, bodies and status codes brique
@@ -359,11 +360,12 @@ impl Controller {
                 "boot resources were configured",
             ));
         }
-        let started = std::time::Instant::now();
+        let mut phases = Phases::new();
         let memory_path = params.memory_file().map_err(ControllerError::LoadRequest)?;
         let state = persist::read_state(&params.snapshot_path)?;
         state.check(&self.limits)?;
         let memory_file = persist::memory::open_for_restore(memory_path, state.memory_bytes())?;
+        phases.mark("state file");
         let mut config = state.config.clone();
         params
             .apply_overrides(&mut config)
@@ -376,13 +378,20 @@ impl Controller {
             resume: params.resume_vm,
         };
         config.machine_config.track_dirty_pages = options.track_dirty_pages;
-        let machine = Machine::restore(&state, &config, &memory_file, options, (self.console)())?;
+        let machine = Machine::restore(
+            &state,
+            &config,
+            &memory_file,
+            options,
+            (self.console)(),
+            &mut phases,
+        )?;
         self.machine = Some(machine);
         self.config = config;
         log::info!(
-            "snapshot {} loaded in {:.1} ms ({})",
+            "snapshot {} loaded in {:.1} ms ({}; {phases})",
             params.snapshot_path.display(),
-            started.elapsed().as_secs_f64() * 1e3,
+            phases.total().as_secs_f64() * 1e3,
             if options.resume { "running" } else { "paused" }
         );
         Ok(VmmData::Empty)

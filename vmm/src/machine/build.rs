@@ -12,6 +12,7 @@ use crate::console::{ConsoleFlusher, ConsoleInput};
 use crate::event_loop::{GuestSignal, GuestSignalWatcher, Subscriber};
 use crate::guest_ram::RamBacking;
 use crate::persist::MicrovmState;
+use crate::phases::Phases;
 use crate::vcpu::{IoBuses, Vcpu};
 use crate::virtio_devices::{AttachedDevices, VirtioAttacher};
 use crate::vm::Vm;
@@ -306,6 +307,7 @@ impl Machine {
         memory_file: &File,
         options: RestoreOptions,
         console: ConsoleIo,
+        phases: &mut Phases,
     ) -> Result<Self, MachineError> {
         let machine_config = &config.machine_config;
         let vm = Vm::new(
@@ -313,8 +315,11 @@ impl Machine {
             RamBacking::File(memory_file),
             options.track_dirty_pages,
         )?;
+        phases.mark("VM and memory");
         let (vcpu_fds, template, irqchip) = create_vcpus(&vm, machine_config)?;
+        phases.mark("vCPUs");
         arch::restore_vm(vm.fd(), &irqchip, &state.vm, options.clock_realtime)?;
+        phases.mark("VM state");
         let mut fixed = fixed_devices(
             &vm,
             console,
@@ -327,11 +332,14 @@ impl Machine {
         virtio.attach_saved(&state.devices.virtio, config)?;
         let (virtio_subscribers, devices) = virtio.finish();
         let buses = Arc::new(buses);
+        phases.mark("devices");
         let vcpus = vcpus_on(vcpu_fds, &buses, &template);
         let parts = fixed.into_parts((vm, irqchip), vcpus, devices, virtio_subscribers, buses);
         let mut machine = Self::start(parts, Some(&state.vcpus))?;
+        phases.mark("threads and vCPU state");
         if options.resume {
             machine.resume();
+            phases.mark("resume");
         }
         Ok(machine)
     }
