@@ -16,6 +16,8 @@ pub enum ThreadKind {
     DeviceLoop,
     /// Forwards guest signals (reset, panic) to the machine's waiter.
     GuestSignals,
+    /// Maps a restored guest's saved pages in while it runs.
+    MemoryPrefault,
 }
 
 impl ThreadKind {
@@ -26,6 +28,7 @@ impl ThreadKind {
             Self::Vcpu(id) => format!("brique-vcpu{id}"),
             Self::DeviceLoop => "brique-devices".to_owned(),
             Self::GuestSignals => "brique-signals".to_owned(),
+            Self::MemoryPrefault => "brique-prefault".to_owned(),
         }
     }
 }
@@ -38,6 +41,7 @@ impl ThreadKind {
             Self::Vcpu(_) => FilterKind::Vcpu,
             Self::DeviceLoop => FilterKind::Devices,
             Self::GuestSignals => FilterKind::Signals,
+            Self::MemoryPrefault => FilterKind::Prefault,
         }
     }
 }
