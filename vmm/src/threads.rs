@@ -16,8 +16,6 @@ pub enum ThreadKind {
     DeviceLoop,
     /// Forwards guest signals (reset, panic) to the machine's waiter.
     GuestSignals,
-    /// Maps a restored guest's saved pages in while it runs.
-    MemoryPrefault,
 }
 
 impl ThreadKind {
@@ -28,7 +26,6 @@ impl ThreadKind {
             Self::Vcpu(id) => format!("brique-vcpu{id}"),
             Self::DeviceLoop => "brique-devices".to_owned(),
             Self::GuestSignals => "brique-signals".to_owned(),
-            Self::MemoryPrefault => "brique-prefault".to_owned(),
         }
     }
 }
@@ -41,7 +38,6 @@ impl ThreadKind {
             Self::Vcpu(_) => FilterKind::Vcpu,
             Self::DeviceLoop => FilterKind::Devices,
             Self::GuestSignals => FilterKind::Signals,
-            Self::MemoryPrefault => FilterKind::Prefault,
         }
     }
 }

@@ -11,9 +11,9 @@
 //! `--seccomp-filter FILE` replaces the built-in filters with the ones a JSON
 //! file describes, in the format of the rust-vmm `seccompiler` crate (also
 //! what Firecracker's filters are written in): one filter per thread kind,
-//! keyed `vmm`, `api`, `vcpu`, `devices`, `signals` and `prefault`; a file
-//! written for Firecracker has only the first three, and brique's helper
-//! threads (`devices`, `signals`, `prefault`) then take the `vmm` filter.
+//! keyed `vmm`, `api`, `vcpu`, `devices` and `signals`; a file written for
+//! Firecracker has only the first three, and brique's helper threads
+//! (`devices`, `signals`) then take the `vmm` filter.
 
 pub(crate) mod ioctls;
 mod rules;
@@ -52,9 +52,9 @@ pub enum SeccompError {
         path: String,
         source: seccompiler::Error,
     },
-    #[error("the seccomp filter file {path} has no filter for the {kind} thread (keys: vmm, api, vcpu, devices, signals, prefault)")]
+    #[error("the seccomp filter file {path} has no filter for the {kind} thread (keys: vmm, api, vcpu, devices, signals)")]
     MissingKind { path: String, kind: &'static str },
-    #[error("the seccomp filter file {path} has a filter for {key}, which is no brique thread kind (keys: vmm, api, vcpu, devices, signals, prefault)")]
+    #[error("the seccomp filter file {path} has a filter for {key}, which is no brique thread kind (keys: vmm, api, vcpu, devices, signals)")]
     UnknownKind { path: String, key: String },
     #[error("cannot install the SIGSYS handler: {0}")]
     Handler(std::io::Error),
@@ -78,19 +78,16 @@ pub enum FilterKind {
     Devices,
     /// The thread forwarding guest reset and panic signals.
     Signals,
-    /// The thread mapping a restored guest's saved pages in.
-    Prefault,
 }
 
 impl FilterKind {
     /// Every kind, in the order the filter file lists them.
-    pub const ALL: [FilterKind; 6] = [
+    pub const ALL: [FilterKind; 5] = [
         FilterKind::Vmm,
         FilterKind::Api,
         FilterKind::Vcpu,
         FilterKind::Devices,
         FilterKind::Signals,
-        FilterKind::Prefault,
     ];
 
     /// The kind's key in a filter file, and its name in messages.
@@ -101,7 +98,6 @@ impl FilterKind {
             FilterKind::Vcpu => "vcpu",
             FilterKind::Devices => "devices",
             FilterKind::Signals => "signals",
-            FilterKind::Prefault => "prefault",
         }
     }
 }
@@ -182,10 +178,7 @@ impl Filters {
         for kind in FilterKind::ALL {
             // The helper threads take the vmm filter (checked first) where
             // the file has none of theirs.
-            let helper = matches!(
-                kind,
-                FilterKind::Devices | FilterKind::Signals | FilterKind::Prefault
-            );
+            let helper = matches!(kind, FilterKind::Devices | FilterKind::Signals);
             let program = compiled
                 .get(kind.key())
                 .or_else(|| {

@@ -240,8 +240,6 @@ pub fn allowed(kind: FilterKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Back
             rules.ioctls(&ioctls::devices());
         }
         FilterKind::Signals => rules.always(SIGNALS),
-        // madvise (MADV_POPULATE_READ) and logging: every thread's calls.
-        FilterKind::Prefault => {}
     }
     rules.finish()
 }

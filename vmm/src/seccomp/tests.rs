@@ -70,7 +70,7 @@ fn the_vcpu_filter_lets_fewer_ioctls_through_than_the_vmm_one() {
 #[test]
 fn a_filter_file_with_every_kind_is_taken() {
     let text = format!(
-        r#"{{"vmm": {f}, "api": {f}, "vcpu": {f}, "devices": {f}, "signals": {f}, "prefault": {f}}}"#,
+        r#"{{"vmm": {f}, "api": {f}, "vcpu": {f}, "devices": {f}, "signals": {f}}}"#,
         f = one_filter("read")
     );
     let file = json_file(&text);
@@ -91,7 +91,6 @@ fn a_firecracker_filter_file_gives_the_helper_threads_the_vmm_filter() {
     let vmm = &filters.programs[&FilterKind::Vmm];
     assert_eq!(&filters.programs[&FilterKind::Devices], vmm);
     assert_eq!(&filters.programs[&FilterKind::Signals], vmm);
-    assert_eq!(&filters.programs[&FilterKind::Prefault], vmm);
     assert_ne!(&filters.programs[&FilterKind::Api], vmm);
 }
 
