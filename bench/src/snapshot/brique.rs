@@ -113,10 +113,15 @@ pub fn measure(options: &Options, size: GuestSize, dir: &Path) -> Result<Sample>
 /// took and how much of the memory file it mapped ahead.
 fn print_load_phases(stderr: &Path) {
     let log = std::fs::read_to_string(stderr).unwrap_or_default();
-    for line in log
-        .lines()
-        .filter(|line| line.contains("loaded in") || line.contains("saved pages mapped ahead"))
-    {
+    for line in log.lines().filter(|line| {
+        [
+            "loaded in",
+            "saved pages mapped ahead",
+            "vCPU state restored in",
+        ]
+        .iter()
+        .any(|what| line.contains(what))
+    }) {
         println!("  brique: {}", line.trim());
     }
 }

@@ -293,7 +293,7 @@ impl Machine {
         }
         let vcpus = vcpus_on(vcpu_fds, &buses, &template);
         let parts = fixed.into_parts((vm, irqchip), vcpus, devices, virtio_subscribers, buses);
-        Self::start(parts, None)
+        Self::start(parts, None, &mut Phases::new())
     }
 
     /// Builds the machine a snapshot saved: `config` is the snapshot's own
@@ -335,8 +335,7 @@ impl Machine {
         phases.mark("devices");
         let vcpus = vcpus_on(vcpu_fds, &buses, &template);
         let parts = fixed.into_parts((vm, irqchip), vcpus, devices, virtio_subscribers, buses);
-        let mut machine = Self::start(parts, Some(&state.vcpus))?;
-        phases.mark("threads and vCPU state");
+        let mut machine = Self::start(parts, Some(&state.vcpus), phases)?;
         if options.resume {
             machine.resume();
             phases.mark("resume");

@@ -12,6 +12,7 @@ use crate::config::DriveConfig;
 use crate::event_loop::{EventLoop, EventLoopError, GuestSignal};
 use crate::metrics::{DeviceMetrics, METRICS};
 use crate::persist::SnapshotError;
+use crate::phases::Phases;
 use crate::threads::{self, ThreadKind};
 use crate::vcpu::{self, IoBuses, Vcpu, VcpuControl, VcpuRequest, VcpuStop};
 use crate::virtio_devices::{open_disk, AttachedDevices, VirtioSetupError};
@@ -257,7 +258,11 @@ impl Machine {
     /// devices have pending are raised again: one raised while no vCPU's
     /// LAPIC was restored would be lost. The one place a machine's threads
     /// are started.
-    fn start(parts: Parts, saved_vcpus: Option<&[arch::VcpuState]>) -> Result<Self, MachineError> {
+    fn start(
+        parts: Parts,
+        saved_vcpus: Option<&[arch::VcpuState]>,
+        phases: &mut Phases,
+    ) -> Result<Self, MachineError> {
         let paused = saved_vcpus.is_some();
         vcpu::install_kick_handler()
             .map_err(|err| MachineError::Device(format!("vCPU kick signal: {err}")))?;
@@ -306,13 +311,17 @@ impl Machine {
             let thread = spawn_vcpu(vcpu, machine.vcpu_control.clone(), machine_events.clone())?;
             machine.vcpu_threads.push(thread);
         }
+        phases.mark("vCPU threads");
         if let Some(states) = saved_vcpus {
             if !machine.vcpu_control.wait_parked(vcpu_count, PAUSE_TIMEOUT) {
                 return Err(MachineError::PauseTimeout(PAUSE_TIMEOUT));
             }
+            phases.mark("vCPUs parked");
             machine.restore_vcpus(states)?;
+            phases.mark("vCPU state");
         }
         machine.event_loop = Some(EventLoop::start(parts.subscribers)?);
+        phases.mark("device loop");
         if paused {
             machine.devices.raise_pending_interrupts();
             let serial = machine

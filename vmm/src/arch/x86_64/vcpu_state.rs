@@ -4,6 +4,7 @@
 
 use super::msr::index;
 use super::{kvm_err, ArchError, VcpuTemplate};
+use crate::phases::Phases;
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
     kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, Xsave, KVM_MAX_CPUID_ENTRIES,
@@ -179,28 +180,40 @@ pub fn restore_vcpu(
     template: &VcpuTemplate,
 ) -> Result<(), ArchError> {
     check_vcpu_state(state, template)?;
+    let mut phases = Phases::new();
     if let Some(saved_khz) = state.tsc_khz {
         restore_tsc_khz(vcpu, saved_khz)?;
     }
+    phases.mark("TSC frequency");
     let cpuid = CpuId::from_entries(&state.cpuid).map_err(ArchError::Fam)?;
     vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+    phases.mark("CPUID");
     vcpu.set_mp_state(state.mp_state)
         .map_err(kvm_err("KVM_SET_MP_STATE"))?;
     vcpu.set_regs(&state.regs)
         .map_err(kvm_err("KVM_SET_REGS"))?;
     vcpu.set_sregs(&state.sregs)
         .map_err(kvm_err("KVM_SET_SREGS"))?;
+    phases.mark("registers");
     restore_xsave(vcpu, &state.xsave, template.xsave2_size)?;
     vcpu.set_xcrs(&state.xcrs)
         .map_err(kvm_err("KVM_SET_XCRS"))?;
     vcpu.set_debug_regs(&state.debug_regs)
         .map_err(kvm_err("KVM_SET_DEBUGREGS"))?;
+    phases.mark("XSAVE, XCRs, debug registers");
     vcpu.set_lapic(&state.lapic)
         .map_err(kvm_err("KVM_SET_LAPIC"))?;
+    phases.mark("LAPIC");
     restore_msrs(vcpu, &state.msrs)?;
+    phases.mark("MSRs");
     vcpu.set_vcpu_events(&state.vcpu_events)
         .map_err(kvm_err("KVM_SET_VCPU_EVENTS"))?;
     vcpu_paused(vcpu);
+    phases.mark("events, kvmclock");
+    log::debug!(
+        "vCPU state restored in {:.1} ms ({phases})",
+        phases.total().as_secs_f64() * 1e3
+    );
     Ok(())
 }
 
