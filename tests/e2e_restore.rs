@@ -4,6 +4,7 @@
 //! where it stopped, with no boot messages. (On x86_64, tests/e2e_snapshot.rs
 //! covers this and more: disks, network, diffs, clones, the clock.)
 
+use brique_tests::console::leading_count;
 use brique_tests::{on_test_hosts, run_in_test_host_on, HostArch};
 
 const SCRIPT: &str = r#"
@@ -45,7 +46,7 @@ fn value_after<'a>(console: &'a str, prefix: &str) -> &'a str {
 fn counts(words: &str) -> Vec<u64> {
     words
         .split_whitespace()
-        .filter_map(|count| count.strip_prefix("COUNT=")?.parse().ok())
+        .filter_map(|count| leading_count(count.strip_prefix("COUNT=")?))
         .collect()
 }
 

@@ -28,6 +28,7 @@
 //! kept open), so that the restored guests can be told what to do.
 #![cfg(target_arch = "x86_64")]
 
+use brique_tests::console::leading_count;
 use brique_tests::{run_in_test_host, skip_e2e, HostRun};
 
 /// What every guest runs (kernel command line: no double quotes). `guest_ip`
@@ -343,7 +344,7 @@ fn ticks(stream: &[&str], cpu: u32) -> Vec<u64> {
     stream
         .iter()
         .filter_map(|l| l.strip_prefix(&prefix))
-        .filter_map(|n| n.trim().parse().ok())
+        .filter_map(leading_count)
         .collect()
 }
 

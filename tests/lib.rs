@@ -3,6 +3,7 @@
 //! case's guest printed and how brique exited.
 
 pub mod api_client;
+pub mod console;
 pub mod tiny_guest;
 
 use std::path::{Path, PathBuf};
