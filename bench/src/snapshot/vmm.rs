@@ -5,6 +5,7 @@
 use super::report::{FileSizes, Sample};
 use super::{io, Result, SnapshotBenchError, COUNTER};
 use crate::boot::forward_console;
+use brique_tests::console::leading_count;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -31,13 +32,11 @@ impl Drop for Vmm {
     }
 }
 
+/// The count of a console line holding `COUNTER`, read as the e2e tests
+/// read theirs (a kernel message may follow it before the newline).
 fn parse_count(line: &str) -> Option<u64> {
     let at = line.find(COUNTER)?;
-    let digits: String = line[at + COUNTER.len()..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
+    leading_count(&line[at + COUNTER.len()..])
 }
 
 impl Vmm {
