@@ -3,6 +3,10 @@
 //! and again on this machine's /dev/kvm with the tiny guest, interleaved.
 //! Two spans each time: process start to API socket ready, and the
 //! InstanceStart request to the guest's first console output (its "init").
+//! Each variant's cost is what it adds to the one before: the filters to
+//! brique without them, the jail to brique with the same filters, unjailed.
+//! The jails share one chroot base, as a host's microVMs do (only the first
+//! jail on a host makes `<base>/<exec name>`).
 
 use crate::stats::summarize;
 use brique_tests::api_client::ApiClient;
@@ -52,10 +56,11 @@ struct Sample {
     boot_ms: f64,
 }
 
-/// Kills the process (and its jail's) when dropped.
+/// Kills the process (and its jail's) and removes the jail when dropped.
 struct Started {
     child: Option<Child>,
     pid_file: Option<PathBuf>,
+    jail_dir: Option<PathBuf>,
 }
 
 impl Drop for Started {
@@ -72,6 +77,9 @@ impl Drop for Started {
         {
             // SAFETY: kill sends a signal to the jailed brique we started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Some(jail_dir) = &self.jail_dir {
+            let _ = std::fs::remove_dir_all(jail_dir);
         }
     }
 }
@@ -108,7 +116,11 @@ pub fn run(options: &Options) -> Result<(), ConfinementError> {
     for run in 0..options.runs {
         for (index, variant) in variants.iter().enumerate() {
             let dir = scratch.join(format!("{run}-{index}"));
-            let sample = start_once(*variant, options, &dir, &kernel)?;
+            let jail = JailSpot {
+                base: scratch.join("jails"),
+                id: format!("bench-{run}"),
+            };
+            let sample = start_once(*variant, options, &dir, &jail, &kernel)?;
             samples[index].push(sample);
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -118,10 +130,17 @@ pub fn run(options: &Options) -> Result<(), ConfinementError> {
     Ok(())
 }
 
+/// Where a jailed start's jail goes: `<base>/<exec name>/<id>`.
+struct JailSpot {
+    base: PathBuf,
+    id: String,
+}
+
 fn start_once(
     variant: Variant,
     options: &Options,
     dir: &Path,
+    jail: &JailSpot,
     kernel: &[u8],
 ) -> Result<Sample, ConfinementError> {
     std::fs::create_dir_all(dir).map_err(io("run directory"))?;
@@ -146,6 +165,7 @@ fn start_once(
             let started = Started {
                 child: Some(child),
                 pid_file: None,
+                jail_dir: None,
             };
             (started, dir.to_path_buf())
         }
@@ -160,21 +180,15 @@ fn start_once(
                 .and_then(|name| name.to_str())
                 .unwrap_or("brique")
                 .to_owned();
-            let jail_root = dir.join(format!("jails/{name}/bench/root"));
+            let jail_dir = jail.base.join(&name).join(&jail.id);
             let status = Command::new(jailer)
-                .args([
-                    "--id",
-                    "bench",
-                    "--uid",
-                    "123",
-                    "--gid",
-                    "123",
-                    "--new-pid-ns",
-                ])
+                .arg("--id")
+                .arg(&jail.id)
+                .args(["--uid", "123", "--gid", "123", "--new-pid-ns"])
                 .arg("--exec-file")
                 .arg(brique)
                 .arg("--chroot-base-dir")
-                .arg(dir.join("jails"))
+                .arg(&jail.base)
                 .args(["--", "--api-sock", "/api.sock"])
                 .stdin(Stdio::null())
                 .stdout(output()?)
@@ -186,9 +200,10 @@ fn start_once(
             }
             let started = Started {
                 child: None,
-                pid_file: Some(jail_root.join(format!("{name}.pid"))),
+                pid_file: Some(jail_dir.join(format!("root/{name}.pid"))),
+                jail_dir: Some(jail_dir.clone()),
             };
-            (started, jail_root)
+            (started, jail_dir.join("root"))
         }
     };
     let socket = root.join("api.sock");
@@ -269,7 +284,7 @@ fn print_report(variants: &[Variant], samples: &[Vec<Sample>], runs: u32) {
     println!();
     println!("confinement benchmark: medians of {runs} starts each, interleaved (ms; min-max)");
     let median = |values: Vec<f64>| summarize(&values);
-    let baseline: Vec<Option<(f64, f64)>> = samples
+    let medians: Vec<Option<(f64, f64)>> = samples
         .iter()
         .map(|runs| {
             let socket = median(runs.iter().map(|s| s.socket_ready_ms).collect())?;
@@ -277,7 +292,6 @@ fn print_report(variants: &[Variant], samples: &[Vec<Sample>], runs: u32) {
             Some((socket.median, boot.median))
         })
         .collect();
-    let base = baseline.first().copied().flatten();
     println!(
         "  {:<36} {:>22} {:>22}",
         "", "start -> API socket", "InstanceStart -> init"
@@ -296,14 +310,16 @@ fn print_report(variants: &[Variant], samples: &[Vec<Sample>], runs: u32) {
             show(socket),
             show(boot)
         );
-        if let (Some((base_socket, base_boot)), Some((socket, boot)), true) =
-            (base, baseline[index], index > 0)
+        // What this variant adds to the one before it.
+        let before = index.checked_sub(1).and_then(|before| medians[before]);
+        if let (Some((before_socket, before_boot)), Some((socket, boot))) = (before, medians[index])
         {
             println!(
-                "CONFINEMENT variant=\"{}\" socket_added_ms={:.3} init_added_ms={:.3} (goal < 1 ms)",
+                "CONFINEMENT variant=\"{}\" over=\"{}\" socket_added_ms={:.3} init_added_ms={:.3} (goal < 1 ms)",
                 variant.label(),
-                socket - base_socket,
-                boot - base_boot
+                variants[index - 1].label(),
+                socket - before_socket,
+                boot - before_boot
             );
         }
     }

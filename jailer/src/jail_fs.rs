@@ -1,6 +1,13 @@
 //! The jail's files: its directory with the binary (a hard link to the exec
-//! file where that is safe, a copy otherwise) and the device nodes brique
-//! needs, then a new mount namespace pivoted into it.
+//! file where that is safe, a copy otherwise), then a new mount namespace
+//! pivoted into it, whose `/dev` is a small tmpfs with the device nodes
+//! brique needs.
+//!
+//! The nodes live in the jail's own tmpfs rather than on the host's disk:
+//! they vanish with the jail, never sit on the host's file system where
+//! another process could open them, and cost no disk metadata writes
+//! (on this project's development machine each mkdir and mknod on disk
+//! took 50-80 us, most of what the jail's files cost).
 
 use crate::args::JailPlan;
 use std::ffi::CString;
@@ -61,8 +68,9 @@ const NULL: DeviceNode = DeviceNode {
     mode: 0o666,
 };
 
-/// Makes `<jail dir>/root` with the binary and device nodes, all owned by
-/// the jail's uid and gid. The jail directory must not exist yet.
+/// Makes `<jail dir>/root` with the binary and an empty `dev` (where the
+/// jail's `/dev` is mounted), the root owned by the jail's uid and gid.
+/// The jail directory must not exist yet.
 pub fn populate(plan: &JailPlan) -> Result<(), JailFsError> {
     let create = |path: &Path, source| JailFsError::Create {
         path: path.display().to_string(),
@@ -85,7 +93,7 @@ pub fn populate(plan: &JailPlan) -> Result<(), JailFsError> {
             _ => create(&plan.jail_dir, source),
         })?;
     let root = plan.root();
-    for dir in [root.clone(), root.join("dev"), root.join("dev/net")] {
+    for dir in [root.clone(), root.join("dev")] {
         std::fs::DirBuilder::new()
             .mode(0o755)
             .create(&dir)
@@ -96,13 +104,6 @@ pub fn populate(plan: &JailPlan) -> Result<(), JailFsError> {
         from: plan.exec_file.display().to_string(),
         source,
     })?;
-    let mut nodes = vec![KVM, TUN, URANDOM];
-    if plan.daemonize {
-        nodes.push(NULL);
-    }
-    for node in nodes {
-        make_node(&root, &node, plan.uid, plan.gid)?;
-    }
     // brique creates its API socket and files in its root.
     chown(&root, plan.uid, plan.gid).map_err(|source| create(&root, source))?;
     // The jail directory itself only needs to be crossed.
@@ -125,6 +126,50 @@ fn place_binary(from: &Path, to: &Path) -> io::Result<()> {
     }
     std::fs::copy(from, to)?;
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))
+}
+
+/// Mounts the jail's `/dev` (a tmpfs room for a few nodes, no set-id, no
+/// executables) on `<root>/dev` and makes the device nodes in it, owned by
+/// `uid` and `gid`. On failure nothing stays mounted.
+fn make_dev(root: &Path, plan: &JailPlan) -> Result<(), JailFsError> {
+    let dev = root.join("dev");
+    mount_fs(
+        "tmpfs",
+        &dev,
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "mode=755,size=16k,nr_inodes=16",
+    )
+    .map_err(|source| JailFsError::Mount {
+        what: "mount the jail's /dev",
+        source,
+    })?;
+    let made = make_dev_nodes(root, plan);
+    if made.is_err() {
+        if let Ok(dev) = c_path(&dev) {
+            // SAFETY: umount2 takes a NUL-terminated path we own.
+            unsafe { libc::umount2(dev.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    made
+}
+
+fn make_dev_nodes(root: &Path, plan: &JailPlan) -> Result<(), JailFsError> {
+    let net = root.join("dev/net");
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&net)
+        .map_err(|source| JailFsError::Create {
+            path: "/dev/net".into(),
+            source,
+        })?;
+    let mut nodes = vec![KVM, TUN, URANDOM];
+    if plan.daemonize {
+        nodes.push(NULL);
+    }
+    for node in nodes {
+        make_node(root, &node, plan.uid, plan.gid)?;
+    }
+    Ok(())
 }
 
 fn make_node(root: &Path, node: &DeviceNode, uid: u32, gid: u32) -> Result<(), JailFsError> {
@@ -160,29 +205,67 @@ fn c_path(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
-/// Enters a new mount namespace whose `/` is `root`: the host's mounts are
-/// no longer reachable, and nothing mounted here propagates back.
-pub fn pivot_into(root: &Path) -> Result<(), JailFsError> {
+/// Enters a new mount namespace whose `/` is the jail's root, with its own
+/// `/dev`: the host's mounts are no longer reachable, and nothing mounted
+/// here propagates back. Until the pivot, a failure leaves the jail's
+/// directory as `populate` made it (the jailer then removes it).
+pub fn pivot_into(plan: &JailPlan) -> Result<(), JailFsError> {
+    let root = &plan.root();
     let fail = |what| move |source| JailFsError::Mount { what, source };
     // SAFETY: unshare only changes this process's namespaces.
     check(unsafe { libc::unshare(libc::CLONE_NEWNS) })
         .map_err(fail("enter a new mount namespace"))?;
     mount(None, Path::new("/"), libc::MS_SLAVE | libc::MS_REC)
         .map_err(fail("stop mount propagation to the host"))?;
-    mount(Some(root), root, libc::MS_BIND | libc::MS_REC)
-        .map_err(fail("bind-mount the jail root on itself"))?;
-    std::env::set_current_dir(root).map_err(fail("enter the jail root"))?;
-    // pivot_root(".", "."), as pivot_root(2) describes: the old root ends
-    // stacked on the new one and is detached at once, so no mount point
-    // for it is made in the jail (a mkdir and an rmdir fewer: 0.4 ms here).
+    make_dev(root, plan)?;
+    let entered = (|| {
+        mount(Some(root), root, libc::MS_BIND | libc::MS_REC)
+            .map_err(fail("bind-mount the jail root on itself"))?;
+        std::env::set_current_dir(root).map_err(fail("enter the jail root"))?;
+        // pivot_root(".", "."), as pivot_root(2) describes: the old root
+        // ends stacked on the new one and is detached at once, so no mount
+        // point for it is made in the jail (a mkdir and an rmdir fewer).
+        let here = c_path(Path::new(".")).map_err(fail("name the new root"))?;
+        // SAFETY: pivot_root takes two NUL-terminated paths we own.
+        check(unsafe { libc::syscall(libc::SYS_pivot_root, here.as_ptr(), here.as_ptr()) } as i32)
+            .map_err(fail("pivot_root into the jail"))
+    })();
+    if entered.is_err() {
+        // Still outside: what is mounted on the jail's directories goes,
+        // so that the jailer can remove them.
+        for mounted in [root.clone(), root.join("dev")] {
+            if let Ok(path) = c_path(&mounted) {
+                // SAFETY: umount2 takes a NUL-terminated path we own.
+                unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        return entered;
+    }
     let here = c_path(Path::new(".")).map_err(fail("name the new root"))?;
-    // SAFETY: pivot_root takes two NUL-terminated paths we own.
-    check(unsafe { libc::syscall(libc::SYS_pivot_root, here.as_ptr(), here.as_ptr()) } as i32)
-        .map_err(fail("pivot_root into the jail"))?;
     // SAFETY: umount2 takes a NUL-terminated path we own.
     check(unsafe { libc::umount2(here.as_ptr(), libc::MNT_DETACH) })
         .map_err(fail("detach the host's file system"))?;
     std::env::set_current_dir("/").map_err(fail("enter the new /"))
+}
+
+/// Mounts a new file system of type `fs` (also its source name) with its
+/// `options`.
+fn mount_fs(fs: &str, target: &Path, flags: libc::c_ulong, options: &str) -> io::Result<()> {
+    let invalid = |_| io::Error::from(io::ErrorKind::InvalidInput);
+    let fs = CString::new(fs).map_err(invalid)?;
+    let options = CString::new(options).map_err(invalid)?;
+    let target = c_path(target)?;
+    // SAFETY: every pointer is a NUL-terminated string we own for the
+    // duration of the call.
+    check(unsafe {
+        libc::mount(
+            fs.as_ptr(),
+            target.as_ptr(),
+            fs.as_ptr(),
+            flags,
+            options.as_ptr().cast(),
+        )
+    })
 }
 
 fn mount(source: Option<&Path>, target: &Path, flags: libc::c_ulong) -> io::Result<()> {

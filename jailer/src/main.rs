@@ -2,12 +2,14 @@
 //! flags, so that orchestrators written for Firecracker's jailer can switch.
 //!
 //! In order: check the arguments; close inherited descriptors and clear the
-//! environment; make `<base>/<exec name>/<id>/root` with a copy of the
-//! binary and its device nodes; set resource limits; make the cgroup v2
-//! cgroup with its settings and enter it; join the network namespace; pivot
-//! into the jail in a new mount namespace; daemonize and enter a new PID
-//! namespace if asked; drop to the uid and gid; exec brique. Until the pivot
-//! a failure removes the jail directory and cgroup again.
+//! environment; make `<base>/<exec name>/<id>/root` with the binary (a link
+//! or a copy); set resource limits; make the cgroup v2 cgroup with its
+//! settings and enter it; join the network namespace; pivot into the jail
+//! in a new mount namespace, with its own /dev holding the device nodes;
+//! daemonize and make a new PID namespace if asked; drop to the uid and
+//! gid; exec brique (or, in a new PID namespace, start it as its PID 1 and
+//! end).
+//! Until the pivot a failure removes the jail directory and cgroup again.
 
 mod args;
 mod cgroup;
@@ -120,7 +122,7 @@ fn run(args: Args, start: &StartTimes) -> Result<std::convert::Infallible, Jaile
     if let Some(netns) = &plan.netns {
         process::join_netns(netns)?;
     }
-    jail_fs::pivot_into(&plan.root())?;
+    jail_fs::pivot_into(&plan)?;
     undo.disarm();
     let in_jail = |source| JailerError::InJail {
         source,
@@ -129,19 +131,20 @@ fn run(args: Args, start: &StartTimes) -> Result<std::convert::Infallible, Jaile
     if plan.daemonize {
         process::daemonize().map_err(in_jail)?;
     }
+    let program = format!("/{}", plan.exec_name);
     let mut brique_args = start_args(&plan, start);
     if plan.new_pid_ns {
+        process::new_pid_ns_for_children().map_err(in_jail)?;
         let parent_cpu_us = process::clock_us(libc::CLOCK_PROCESS_CPUTIME_ID);
-        let pid_file = PathBuf::from(format!("/{}.pid", plan.exec_name));
-        process::enter_new_pid_ns(&pid_file).map_err(in_jail)?;
         brique_args.extend(["--parent-cpu-time-us".into(), parent_cpu_us.to_string()]);
     }
     brique_args.extend(plan.brique_args.iter().cloned());
     process::drop_privileges(plan.uid, plan.gid).map_err(in_jail)?;
-    Err(in_jail(process::exec(
-        &format!("/{}", plan.exec_name),
-        &brique_args,
-    )))
+    if plan.new_pid_ns {
+        let pid_file = PathBuf::from(format!("/{}.pid", plan.exec_name));
+        return process::spawn_and_exit(&program, &brique_args, &pid_file).map_err(in_jail);
+    }
+    Err(in_jail(process::exec(&program, &brique_args)))
 }
 
 /// The arguments the jailer gives brique before the user's.

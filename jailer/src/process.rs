@@ -147,9 +147,8 @@ pub fn daemonize() -> Result<(), ProcessError> {
     Ok(())
 }
 
-/// Continues in PID 1 of a new PID namespace. The parent writes the
-/// child's pid to `pid_file` and ends with 0 (or 1 if it cannot).
-pub fn enter_new_pid_ns(pid_file: &Path) -> Result<(), ProcessError> {
+/// Makes the next child of the jailer PID 1 of a new PID namespace.
+pub fn new_pid_ns_for_children() -> Result<(), ProcessError> {
     // SAFETY: unshare only changes which namespace our next child gets.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
         return Err(ProcessError::Fork {
@@ -157,10 +156,30 @@ pub fn enter_new_pid_ns(pid_file: &Path) -> Result<(), ProcessError> {
             source: io::Error::last_os_error(),
         });
     }
-    let Some(child) = fork("start PID 1 of the new PID namespace")? else {
-        return Ok(());
-    };
-    let status = match std::fs::write(pid_file, format!("{child}\n")) {
+    Ok(())
+}
+
+/// Starts `program` with `args` (and no environment) as the jailer's child
+/// (PID 1 of the new PID namespace, `new_pid_ns_for_children`), writes its
+/// pid to `pid_file` and ends the jailer with 0 (or 1 if the pid cannot be
+/// written). The child is started the way posix_spawn(3) does, sharing the
+/// jailer's memory until it execs: no copy of the jailer's address space
+/// as a fork makes, so the jailer drops its privileges before
+/// (`drop_privileges`).
+pub fn spawn_and_exit(
+    program: &str,
+    args: &[String],
+    pid_file: &Path,
+) -> Result<std::convert::Infallible, ProcessError> {
+    let child = std::process::Command::new(program)
+        .args(args)
+        .env_clear()
+        .spawn()
+        .map_err(|source| ProcessError::Exec {
+            path: program.to_owned(),
+            source,
+        })?;
+    let status = match std::fs::write(pid_file, format!("{}\n", child.id())) {
         Ok(()) => 0,
         Err(source) => {
             eprintln!(
@@ -173,7 +192,7 @@ pub fn enter_new_pid_ns(pid_file: &Path) -> Result<(), ProcessError> {
             1
         }
     };
-    // SAFETY: _exit ends the parent without running the child's cleanups.
+    // SAFETY: _exit ends the jailer at once; brique runs on without it.
     unsafe { libc::_exit(status) }
 }
 

@@ -197,7 +197,18 @@ fn a_jailed_brique_boots_a_guest_as_uid_123_behind_namespaces_and_seccomp() {
         brique_root.join("api.sock").exists(),
         "the jail is brique's /"
     );
-    assert!(brique_root.join("dev/kvm").exists());
+    // Its device nodes are in its own /dev, not on the host's disk.
+    for node in ["dev/kvm", "dev/net/tun", "dev/urandom"] {
+        assert!(brique_root.join(node).exists(), "/{node} in the jail");
+        assert!(!root.join(node).exists(), "{node} on the host's disk");
+    }
+    let jail_mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap();
+    assert!(
+        jail_mounts
+            .lines()
+            .any(|mount| mount.starts_with("tmpfs /dev tmpfs ") && mount.contains("nosuid")),
+        "the jail's /dev: {jail_mounts}"
+    );
     for host_dir in ["etc", "usr", "proc", "tmp"] {
         assert!(
             !brique_root.join(host_dir).exists(),
