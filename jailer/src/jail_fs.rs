@@ -133,11 +133,12 @@ fn place_binary(from: &Path, to: &Path) -> io::Result<()> {
 /// `uid` and `gid`. On failure nothing stays mounted.
 fn make_dev(root: &Path, plan: &JailPlan) -> Result<(), JailFsError> {
     let dev = root.join("dev");
-    mount_fs(
-        "tmpfs",
+    mount(
+        Some(Path::new("tmpfs")),
         &dev,
+        Some("tmpfs"),
         libc::MS_NOSUID | libc::MS_NOEXEC,
-        "mode=755,size=16k,nr_inodes=16",
+        Some("mode=755,size=16k,nr_inodes=16"),
     )
     .map_err(|source| JailFsError::Mount {
         what: "mount the jail's /dev",
@@ -145,10 +146,7 @@ fn make_dev(root: &Path, plan: &JailPlan) -> Result<(), JailFsError> {
     })?;
     let made = make_dev_nodes(root, plan);
     if made.is_err() {
-        if let Ok(dev) = c_path(&dev) {
-            // SAFETY: umount2 takes a NUL-terminated path we own.
-            unsafe { libc::umount2(dev.as_ptr(), libc::MNT_DETACH) };
-        }
+        detach_quietly(&dev);
     }
     made
 }
@@ -215,17 +213,23 @@ pub fn pivot_into(plan: &JailPlan) -> Result<(), JailFsError> {
     // SAFETY: unshare only changes this process's namespaces.
     check(unsafe { libc::unshare(libc::CLONE_NEWNS) })
         .map_err(fail("enter a new mount namespace"))?;
-    mount(None, Path::new("/"), libc::MS_SLAVE | libc::MS_REC)
-        .map_err(fail("stop mount propagation to the host"))?;
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_SLAVE | libc::MS_REC,
+        None,
+    )
+    .map_err(fail("stop mount propagation to the host"))?;
+    let here = c_path(Path::new(".")).map_err(fail("name the new root"))?;
     make_dev(root, plan)?;
     let entered = (|| {
-        mount(Some(root), root, libc::MS_BIND | libc::MS_REC)
+        mount(Some(root), root, None, libc::MS_BIND | libc::MS_REC, None)
             .map_err(fail("bind-mount the jail root on itself"))?;
         std::env::set_current_dir(root).map_err(fail("enter the jail root"))?;
         // pivot_root(".", "."), as pivot_root(2) describes: the old root
         // ends stacked on the new one and is detached at once, so no mount
         // point for it is made in the jail (a mkdir and an rmdir fewer).
-        let here = c_path(Path::new(".")).map_err(fail("name the new root"))?;
         // SAFETY: pivot_root takes two NUL-terminated paths we own.
         check(unsafe { libc::syscall(libc::SYS_pivot_root, here.as_ptr(), here.as_ptr()) } as i32)
             .map_err(fail("pivot_root into the jail"))
@@ -233,57 +237,53 @@ pub fn pivot_into(plan: &JailPlan) -> Result<(), JailFsError> {
     if entered.is_err() {
         // Still outside: what is mounted on the jail's directories goes,
         // so that the jailer can remove them.
-        for mounted in [root.clone(), root.join("dev")] {
-            if let Ok(path) = c_path(&mounted) {
-                // SAFETY: umount2 takes a NUL-terminated path we own.
-                unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
+        detach_quietly(root);
+        detach_quietly(&root.join("dev"));
         return entered;
     }
-    let here = c_path(Path::new(".")).map_err(fail("name the new root"))?;
     // SAFETY: umount2 takes a NUL-terminated path we own.
     check(unsafe { libc::umount2(here.as_ptr(), libc::MNT_DETACH) })
         .map_err(fail("detach the host's file system"))?;
     std::env::set_current_dir("/").map_err(fail("enter the new /"))
 }
 
-/// Mounts a new file system of type `fs` (also its source name) with its
-/// `options`.
-fn mount_fs(fs: &str, target: &Path, flags: libc::c_ulong, options: &str) -> io::Result<()> {
-    let invalid = |_| io::Error::from(io::ErrorKind::InvalidInput);
-    let fs = CString::new(fs).map_err(invalid)?;
-    let options = CString::new(options).map_err(invalid)?;
+/// mount(2). `fs` and `options` are for a new file system; a bind mount or
+/// a propagation change has neither.
+fn mount(
+    source: Option<&Path>,
+    target: &Path,
+    fs: Option<&str>,
+    flags: libc::c_ulong,
+    options: Option<&str>,
+) -> io::Result<()> {
+    let text =
+        |text: &str| CString::new(text).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let source = source.map(c_path).transpose()?;
     let target = c_path(target)?;
-    // SAFETY: every pointer is a NUL-terminated string we own for the
-    // duration of the call.
+    let fs = fs.map(text).transpose()?;
+    let options = options.map(text).transpose()?;
+    let pointer =
+        |text: &Option<CString>| text.as_ref().map_or(std::ptr::null(), |text| text.as_ptr());
+    // SAFETY: every pointer is NULL or a NUL-terminated string we own for
+    // the duration of the call.
     check(unsafe {
         libc::mount(
-            fs.as_ptr(),
+            pointer(&source),
             target.as_ptr(),
-            fs.as_ptr(),
+            pointer(&fs),
             flags,
-            options.as_ptr().cast(),
+            pointer(&options).cast(),
         )
     })
 }
 
-fn mount(source: Option<&Path>, target: &Path, flags: libc::c_ulong) -> io::Result<()> {
-    let source = source.map(c_path).transpose()?;
-    let target = c_path(target)?;
-    // SAFETY: every pointer is NULL or a NUL-terminated string we own for
-    // the duration of the call; no data argument.
-    check(unsafe {
-        libc::mount(
-            source
-                .as_ref()
-                .map_or(std::ptr::null(), |path| path.as_ptr()),
-            target.as_ptr(),
-            std::ptr::null(),
-            flags,
-            std::ptr::null(),
-        )
-    })
+/// Detaches whatever is mounted on `path`, on a failure's way out: an error
+/// (nothing mounted there) changes nothing.
+fn detach_quietly(path: &Path) {
+    if let Ok(path) = c_path(path) {
+        // SAFETY: umount2 takes a NUL-terminated path we own.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
 }
 
 fn check(ret: libc::c_int) -> io::Result<()> {
