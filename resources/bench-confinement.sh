@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # What confinement costs, on this machine's /dev/kvm with a tiny guest:
-# brique started without seccomp, with its filters (the default) and jailed
-# by brique-jailer (root only), interleaved; medians of process start to API
-# socket ready and of InstanceStart to the guest's first output, and what
-# each variant adds to brique without filters (goal: under 1 ms).
+# brique started without seccomp, with its filters (the default), jailed by
+# brique-jailer, and jailed with --new-pid-ns (root only), interleaved;
+# medians of process start to API socket ready and of InstanceStart to the
+# guest's first output, and what each variant adds to the one before it
+# (goal: under 1 ms).
 #   resources/bench-confinement.sh [--runs N]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

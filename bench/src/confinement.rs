@@ -1,10 +1,13 @@
 //! What confinement costs: brique without seccomp, with its seccomp filters
-//! (the default), and jailed by brique-jailer (filters on), started again
-//! and again on this machine's /dev/kvm with the tiny guest, interleaved.
-//! Two spans each time: process start to API socket ready, and the
-//! InstanceStart request to the guest's first console output (its "init").
-//! Each variant's cost is what it adds to the one before: the filters to
-//! brique without them, the jail to brique with the same filters, unjailed.
+//! (the default), jailed by brique-jailer (filters on; the jailer execs
+//! brique), and jailed in a new PID namespace (`--new-pid-ns`: the jailer
+//! starts brique as a child and ends), started again and again on this
+//! machine's /dev/kvm with the tiny guest, interleaved. Two spans each
+//! time: process start to API socket ready, and the InstanceStart request
+//! to the guest's first console output (its "init"). Each variant's cost is
+//! what it adds to the one before: the filters to brique without them, the
+//! jail to brique with the same filters, unjailed, and the PID namespace to
+//! the same jail without it.
 //! The jails share one chroot base, as a host's microVMs do (only the first
 //! jail on a host makes `<base>/<exec name>`).
 
@@ -38,6 +41,7 @@ enum Variant {
     NoSeccomp,
     Seccomp,
     Jailed,
+    JailedNewPidNs,
 }
 
 impl Variant {
@@ -46,6 +50,7 @@ impl Variant {
             Variant::NoSeccomp => "brique --no-seccomp",
             Variant::Seccomp => "brique (seccomp filters)",
             Variant::Jailed => "brique-jailer + brique (filters)",
+            Variant::JailedNewPidNs => "the same jail, --new-pid-ns",
         }
     }
 }
@@ -109,7 +114,7 @@ pub fn run(options: &Options) -> Result<(), ConfinementError> {
     // SAFETY: geteuid has no arguments and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     match (&options.static_brique, &options.jailer, root) {
-        (Some(_), Some(_), true) => variants.push(Variant::Jailed),
+        (Some(_), Some(_), true) => variants.extend([Variant::Jailed, Variant::JailedNewPidNs]),
         _ => println!("(jailed variant skipped: it needs root, --static-brique and --jailer)"),
     }
     let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
@@ -169,7 +174,7 @@ fn start_once(
             };
             (started, dir.to_path_buf())
         }
-        Variant::Jailed => {
+        Variant::Jailed | Variant::JailedNewPidNs => {
             let (Some(brique), Some(jailer)) = (&options.static_brique, &options.jailer) else {
                 return Err(ConfinementError::Failed(
                     "no static brique or jailer".into(),
@@ -181,27 +186,44 @@ fn start_once(
                 .unwrap_or("brique")
                 .to_owned();
             let jail_dir = jail.base.join(&name).join(&jail.id);
-            let status = Command::new(jailer)
+            let mut command = Command::new(jailer);
+            command
                 .arg("--id")
                 .arg(&jail.id)
-                .args(["--uid", "123", "--gid", "123", "--new-pid-ns"])
+                .args(["--uid", "123", "--gid", "123"])
                 .arg("--exec-file")
                 .arg(brique)
                 .arg("--chroot-base-dir")
                 .arg(&jail.base)
-                .args(["--", "--api-sock", "/api.sock"])
                 .stdin(Stdio::null())
                 .stdout(output()?)
-                .stderr(Stdio::null())
-                .status()
-                .map_err(io("start brique-jailer"))?;
-            if !status.success() {
-                return Err(ConfinementError::Failed(format!("brique-jailer: {status}")));
-            }
-            let started = Started {
-                child: None,
-                pid_file: Some(jail_dir.join(format!("root/{name}.pid"))),
-                jail_dir: Some(jail_dir.clone()),
+                .stderr(Stdio::null());
+            let started = if variant == Variant::JailedNewPidNs {
+                // The jailer ends once brique runs, as PID 1 of its
+                // namespace; brique's pid is in the jail's pid file.
+                let status = command
+                    .args(["--new-pid-ns", "--", "--api-sock", "/api.sock"])
+                    .status()
+                    .map_err(io("start brique-jailer"))?;
+                if !status.success() {
+                    return Err(ConfinementError::Failed(format!("brique-jailer: {status}")));
+                }
+                Started {
+                    child: None,
+                    pid_file: Some(jail_dir.join(format!("root/{name}.pid"))),
+                    jail_dir: Some(jail_dir.clone()),
+                }
+            } else {
+                // The jailer becomes brique.
+                let child = command
+                    .args(["--", "--api-sock", "/api.sock"])
+                    .spawn()
+                    .map_err(io("start brique-jailer"))?;
+                Started {
+                    child: Some(child),
+                    pid_file: None,
+                    jail_dir: Some(jail_dir.clone()),
+                }
             };
             (started, jail_dir.join("root"))
         }
@@ -222,7 +244,7 @@ fn start_once(
     let socket_ready_ms = started_at.elapsed().as_secs_f64() * 1e3;
     std::fs::write(root.join("tiny.elf"), kernel).map_err(io("tiny guest"))?;
     let kernel_path = match variant {
-        Variant::Jailed => "/tiny.elf".to_owned(),
+        Variant::Jailed | Variant::JailedNewPidNs => "/tiny.elf".to_owned(),
         _ => root.join("tiny.elf").display().to_string(),
     };
     for (method, path, body) in [
