@@ -115,7 +115,7 @@ pub fn run(options: &Options) -> Result<(), ConfinementError> {
     let root = unsafe { libc::geteuid() } == 0;
     match (&options.static_brique, &options.jailer, root) {
         (Some(_), Some(_), true) => variants.extend([Variant::Jailed, Variant::JailedNewPidNs]),
-        _ => println!("(jailed variant skipped: it needs root, --static-brique and --jailer)"),
+        _ => println!("(jailed variants skipped: they need root, --static-brique and --jailer)"),
     }
     let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
     for run in 0..options.runs {
