@@ -30,7 +30,7 @@ impl ApiResponse {
 /// How often [`ApiClient::connect`] tries again. A failed connect costs
 /// microseconds; the benchmarks time the socket's readiness through it, and
 /// a 20 ms retry made every start look 20 ms long.
-pub const CONNECT_RETRY: Duration = Duration::from_millis(1);
+const CONNECT_RETRY: Duration = Duration::from_millis(1);
 
 /// A keep-alive connection to the API socket.
 #[derive(Debug)]
@@ -41,7 +41,7 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// Connects to `path`, retrying every [`CONNECT_RETRY`] for up to
+    /// Connects to `path`, retrying every `CONNECT_RETRY` for up to
     /// `wait` while brique starts (one attempt when `wait` is zero).
     pub fn connect(path: &Path, wait: Duration) -> std::io::Result<Self> {
         let deadline = Instant::now() + wait;
