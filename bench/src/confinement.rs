@@ -53,6 +53,11 @@ impl Variant {
             Variant::JailedNewPidNs => "the same jail, --new-pid-ns",
         }
     }
+
+    /// Started by brique-jailer, with paths inside the jail.
+    fn jailed(self) -> bool {
+        matches!(self, Variant::Jailed | Variant::JailedNewPidNs)
+    }
 }
 
 /// One start: its two spans, in milliseconds.
@@ -198,13 +203,15 @@ fn start_once(
                 .stdin(Stdio::null())
                 .stdout(output()?)
                 .stderr(Stdio::null());
-            let started = if variant == Variant::JailedNewPidNs {
+            let new_pid_ns = variant == Variant::JailedNewPidNs;
+            if new_pid_ns {
+                command.arg("--new-pid-ns");
+            }
+            command.args(["--", "--api-sock", "/api.sock"]);
+            let started = if new_pid_ns {
                 // The jailer ends once brique runs, as PID 1 of its
                 // namespace; brique's pid is in the jail's pid file.
-                let status = command
-                    .args(["--new-pid-ns", "--", "--api-sock", "/api.sock"])
-                    .status()
-                    .map_err(io("start brique-jailer"))?;
+                let status = command.status().map_err(io("start brique-jailer"))?;
                 if !status.success() {
                     return Err(ConfinementError::Failed(format!("brique-jailer: {status}")));
                 }
@@ -215,10 +222,7 @@ fn start_once(
                 }
             } else {
                 // The jailer becomes brique.
-                let child = command
-                    .args(["--", "--api-sock", "/api.sock"])
-                    .spawn()
-                    .map_err(io("start brique-jailer"))?;
+                let child = command.spawn().map_err(io("start brique-jailer"))?;
                 Started {
                     child: Some(child),
                     pid_file: None,
@@ -243,9 +247,9 @@ fn start_once(
     };
     let socket_ready_ms = started_at.elapsed().as_secs_f64() * 1e3;
     std::fs::write(root.join("tiny.elf"), kernel).map_err(io("tiny guest"))?;
-    let kernel_path = match variant {
-        Variant::Jailed | Variant::JailedNewPidNs => "/tiny.elf".to_owned(),
-        _ => root.join("tiny.elf").display().to_string(),
+    let kernel_path = match variant.jailed() {
+        true => "/tiny.elf".to_owned(),
+        false => root.join("tiny.elf").display().to_string(),
     };
     for (method, path, body) in [
         (
